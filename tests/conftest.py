@@ -1,0 +1,69 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import make_hf_model, save_layouts, tokenizer_dir
+
+from minigpt import GPT, Tokenizer
+
+# Tests never wait on the network: the hub is unreachable on these machines.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default=os.environ.get("MINIGPT_TEST_DEVICE", "cpu"),
+                     help="device for the parity tests (cpu or cuda); also $MINIGPT_TEST_DEVICE")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    name = request.config.getoption("--device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail("--device cuda asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    """A 2-layer, 4-head, 64-wide random reference model with a 1000-token vocab."""
+    return make_hf_model(seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_layouts(tiny_hf, tmp_path_factory) -> dict[str, Path]:
+    return save_layouts(tiny_hf, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_layouts) -> Path:
+    return tiny_layouts["hub"]
+
+
+@pytest.fixture(scope="session")
+def gpt2_shape_hf():
+    """A random model of the full gpt2 shape: 12 layers, 12 heads, 768 wide, 1024 positions, vocab 50257."""
+    return make_hf_model(seed=2, n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257,
+                         bos_token_id=50256, eos_token_id=50256)
+
+
+@pytest.fixture(scope="session")
+def gpt2_shape_dir(gpt2_shape_hf, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("gpt2shape")
+    gpt2_shape_hf.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def gpt2_shape(gpt2_shape_dir) -> GPT:
+    return GPT.from_pretrained(str(gpt2_shape_dir))
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    directory = tokenizer_dir()
+    if not (directory / "encoder.json").is_file():
+        pytest.fail(f"GPT-2 tokenizer files not found in {directory}; set $MINIGPT_TOKENIZER_DIR")
+    return Tokenizer.from_pretrained(directory)
