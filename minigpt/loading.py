@@ -193,7 +193,7 @@ def hub_download(repo_id: str, filename: str, revision: str | None, *, missing_o
     except errors.LocalEntryNotFoundError:
         raise CheckpointError(
             f"cannot fetch {repo_id!r} from the HuggingFace hub: offline or unreachable, and {filename} is not "
-            "in the local cache; pass a local directory or .safetensors file instead"
+            "in the local cache; pass a local directory or .safetensors file instead (CLI: --model PATH)"
         ) from None
     except errors.RemoteEntryNotFoundError:
         if missing_ok:

@@ -157,6 +157,45 @@ class GPT(nn.Module):
 
         return load_pretrained(name_or_path, device=device, dtype=dtype, revision=revision, **kwargs)
 
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        num_return_sequences: int = 1,
+        attention_mask: Tensor | None = None,
+        eos_token_id: int | None = None,
+        stop: list[list[int]] | None = None,
+        seed: int | None = None,
+        context: str = "error",
+    ) -> Tensor:
+        """Prompt + continuation, LongTensor [B * num_return_sequences, T + new], KV-cached.
+
+        Greedy unless `do_sample`. Left-pad ragged prompts and pass `attention_mask`. A row stops at
+        `eos_token_id` or when it ends with one of the `stop` id sequences, and is padded with EOS after.
+        `context` is the policy when prompt + max_new_tokens passes n_positions: "error" or "truncate".
+        """
+        from .generation import generate, stop_sequences_check
+        from .sampling import SamplingParams
+
+        params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
+        return generate(
+            self, input_ids, max_new_tokens, params=params, num_return_sequences=num_return_sequences,
+            attention_mask=attention_mask, eos_token_id=eos_token_id,
+            stop=stop_sequences_check(stop) if stop else None, seed=seed, context=context,
+        )
+
+    def generate_stream(self, input_ids: Tensor, max_new_tokens: int, **kwargs):
+        """Yield each step's new tokens [B * N] and finished flags; arguments as `minigpt.generation.stream`."""
+        from .generation import stream
+
+        return stream(self, input_ids, max_new_tokens, **kwargs)
+
     @property
     def device(self) -> torch.device:
         return self.wte.weight.device

@@ -1,0 +1,236 @@
+"""`minigpt-generate` / `scripts/generate.py`: sample text from a GPT-2 checkpoint.
+
+Errors are one line on stderr and a non-zero exit, never a traceback (set MINIGPT_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from .errors import MiniGPTError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+class UsageError(MiniGPTError):
+    """A bad command-line argument."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="minigpt-generate",
+        description="Generate text with GPT-2. Prints each sample's full text (prompt + continuation).",
+        epilog="examples:\n"
+        "  minigpt-generate --prompt 'The sky is' --num-samples 5 --max-new-tokens 50 --seed 42\n"
+        "  minigpt-generate --model ./my-gpt2 --prompt 'Hello' --greedy --stream\n"
+        "  echo 'Once upon a time' | minigpt-generate --json\n"
+        "offline: the hub cannot be reached, so pass --model PATH (a directory with config.json and "
+        "model.safetensors, or a .safetensors file).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = parser.add_argument_group("model")
+    src.add_argument("--model", default="gpt2", help="hub id (gpt2, gpt2-medium, ...) or local directory / "
+                     ".safetensors file (default: %(default)s)")
+    src.add_argument("--tokenizer", help="directory with vocab.json+merges.txt or encoder.json+vocab.bpe "
+                     "(default: the model's own files, else $MINIGPT_TOKENIZER_DIR)")
+    src.add_argument("--config", help="preset name for a bare .safetensors file without config.json (e.g. gpt2)")
+    src.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                     help="where to run (default: auto = cuda, then mps, then cpu)")
+    src.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
+    src.add_argument("--compile", action="store_true", help="torch.compile the decode step (GPU; slow first call)")
+
+    inp = parser.add_argument_group("prompt")
+    inp.add_argument("--prompt", help="prompt text; '-' reads stdin; empty means unconditional (starts from "
+                     "<|endoftext|>). Without --prompt or --prompt-file, piped stdin is the prompt")
+    inp.add_argument("--prompt-file", help="read the prompt from this file")
+    inp.add_argument("--instruct", action="store_true",
+                     help="wrap the prompt in the fine-tuned checkpoint's saved instruction template")
+    inp.add_argument("--context", default="error", choices=["error", "truncate"],
+                     help="when prompt + max-new-tokens passes the 1024-token context: fail (error) or keep "
+                     "the prompt's last tokens that fit (truncate) (default: %(default)s)")
+
+    gen = parser.add_argument_group("sampling")
+    gen.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate per sample (default: 50)")
+    gen.add_argument("--num-samples", type=int, default=1, help="continuations per prompt (default: 1)")
+    gen.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    gen.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default: 1.0)")
+    gen.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens; 0 = off (default: 50)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default: 1.0 = off)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty, > 0 (default: 1.0 = off)")
+    gen.add_argument("--seed", type=int, help="random seed: the same seed reproduces the same samples")
+    gen.add_argument("--stop", action="append", default=[], help="stop a sample at this string (repeatable); "
+                     "the stop string is not printed")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--stream", action="store_true", help="print the first sample token by token as it is made")
+    out.add_argument("--json", action="store_true", help="print JSON with each sample's text and token ids")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.repetition_penalty <= 0:
+        raise UsageError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    if args.dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but CUDA is not available on this machine (try --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps asked for, but MPS is not available on this machine (try --device cpu)")
+    return torch.device(name)
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as handle:
+                return handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --prompt-file {args.prompt_file}: {exc}") from None
+    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
+        return sys.stdin.read() if sys.stdin else ""
+    return args.prompt or ""
+
+
+def status(message: str) -> None:
+    """Progress on stderr, only for a person watching (errors stay one line when piped)."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
+
+
+def load(args: argparse.Namespace, device: torch.device):
+    from .loading import load_pretrained
+    from .tokenizer import Tokenizer, find_tokenizer_files
+    from .errors import TokenizerError
+    from pathlib import Path
+
+    status(f"loading {args.model} on {device} ({args.dtype}) ...")
+    start = time.perf_counter()
+    model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype], config=args.config)
+    if args.compile:
+        from .fast import compile_decode
+
+        compile_decode(model)
+    if args.tokenizer:
+        tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    else:
+        model_path = Path(args.model).expanduser()
+        local_dir = model_path if model_path.is_dir() else model_path.parent if model_path.is_file() else None
+        if local_dir is not None and find_tokenizer_files(local_dir) is None:
+            if not os.environ.get("MINIGPT_TOKENIZER_DIR"):
+                raise TokenizerError(f"{local_dir} has no tokenizer files; pass --tokenizer DIR "
+                                     "(vocab.json+merges.txt or encoder.json+vocab.bpe)")
+            tokenizer = Tokenizer.from_pretrained()
+        else:
+            tokenizer = Tokenizer.from_pretrained(local_dir or args.model)
+    status(f"loaded in {time.perf_counter() - start:.1f}s")
+    return model, tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    from .sampling import SamplingParams
+    from .text import stream_completions
+
+    check_args(args)
+    device = pick_device(args.device)
+    prompt = read_prompt(args)
+    model, tokenizer = load(args, device)
+    if args.instruct:
+        from .instruct import template_for
+
+        prompt = template_for(args.model).format_prompt(prompt)
+    params = SamplingParams(
+        do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k or None,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+    )
+    n = args.num_samples
+    events = stream_completions(model, tokenizer, prompt, args.max_new_tokens, params=params,
+                                num_return_sequences=n, stop=args.stop, seed=args.seed, context=args.context)
+    live = args.stream and not args.json
+    header = (lambda i: f"=== sample {i + 1}/{n} ===") if n > 1 else (lambda i: None)
+    if live:
+        if header(0):
+            print(header(0))
+        print(prompt, end="", flush=True)
+    results = None
+    for event in events:
+        if isinstance(event, list):
+            results = event
+        elif live and event[0] == 0:
+            print(event[1], end="", flush=True)
+    assert results is not None
+    if args.json:
+        payload = {"model": args.model, "samples": [
+            {"sample": i, "prompt": r.prompt, "completion": r.completion, "text": r.text,
+             "prompt_ids": r.prompt_ids, "new_ids": r.new_ids, "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)]}
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return 0
+    for i, result in enumerate(results):
+        if live and i == 0:
+            print()
+            continue
+        if header(i):
+            print(header(i))
+        print(result.text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MiniGPTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("MINIGPT_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set MINIGPT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""KV-cached generation: prefill the prompt once, then decode one token per row per step.
+
+Ragged prompts are left-padded: all rows share cache slots, padding slots are masked out and position ids skip
+them, so every row computes what it computes alone. A row that emits EOS (or a stop sequence) is done and is
+padded from then on; the loop ends when every row is done or `max_new_tokens` is reached.
+
+Context policy: GPT-2 has `n_positions` (1024) learned positions. When the longest prompt plus
+`max_new_tokens` would pass them, `context="error"` (the default) raises GenerationError saying what fits;
+`context="truncate"` drops the oldest prompt tokens to make room and warns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import GenerationError
+from .model import GPT, KVCache
+from .sampling import SamplingParams, select_next
+
+# A stop check gets one row's generated ids so far and says whether the row is finished.
+StopCheck = Callable[[list[int]], bool]
+
+
+@dataclass
+class DecodeState:
+    """What the decode loop carries from step to step (all rows share cache slots)."""
+
+    cache: KVCache
+    slot_valid: Tensor  # bool [B, L]: which cache slots hold real tokens
+    next_position: Tensor  # long [B]: the position id of each row's next token
+    seen: Tensor | None  # bool [B, V]: tokens each row has seen (for the repetition penalty)
+    slot: int  # the next free cache slot
+
+
+def check_generation_args(max_new_tokens: int, num_return_sequences: int) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise GenerationError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+        raise GenerationError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}")
+
+
+def fit_context(
+    input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, n_positions: int, policy: str
+) -> tuple[Tensor, Tensor]:
+    """Apply the context policy to a left-padded batch; return (input_ids, attention_mask) that fit."""
+    if policy not in ("error", "truncate"):
+        raise GenerationError(f"context policy must be 'error' or 'truncate', got {policy!r}")
+    if max_new_tokens >= n_positions:
+        raise GenerationError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {n_positions}-token context"
+        )
+    # Drop columns that are padding in every row (a batch may arrive over-padded).
+    keep_from = int((attention_mask.sum(0) > 0).long().argmax()) if attention_mask.any() else attention_mask.shape[1]
+    input_ids, attention_mask = input_ids[:, keep_from:], attention_mask[:, keep_from:]
+    prompt_len = input_ids.shape[1]
+    room = n_positions - max_new_tokens
+    if prompt_len <= room:
+        return input_ids, attention_mask
+    if policy == "error":
+        raise GenerationError(
+            f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds the {n_positions}-token "
+            f"context; shorten the prompt to {room} tokens, lower max_new_tokens, or use context='truncate'"
+        )
+    warnings.warn(f"prompt truncated to its last {room} of {prompt_len} tokens to fit the context", stacklevel=3)
+    return input_ids[:, -room:], attention_mask[:, -room:]
+
+
+def prepare_prompt(
+    model: GPT, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int, context: str
+) -> tuple[Tensor, Tensor]:
+    """Check a prompt batch, move it to the model's device and apply the context policy."""
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise GenerationError(f"input_ids must be [batch, length] with length >= 1, got {list(input_ids.shape)}")
+    input_ids = input_ids.to(model.device)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(model.device)
+    if attention_mask.shape != input_ids.shape:
+        raise GenerationError(f"attention_mask {list(attention_mask.shape)} must match input_ids {list(input_ids.shape)}")
+    if not attention_mask.bool().any(-1).all():
+        raise GenerationError("every prompt needs at least one token (a row of the attention mask is all zeros)")
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= model.config.vocab_size:
+        raise GenerationError(f"token ids must be in [0, {model.config.vocab_size})")
+    return fit_context(input_ids, attention_mask, max_new_tokens, model.config.n_positions, context)
+
+
+@torch.no_grad()
+def prefill(model: GPT, input_ids: Tensor, attention_mask: Tensor, max_len: int) -> tuple[Tensor, DecodeState]:
+    """Run the whole prompt [B, T] once into a fresh cache of max_len slots; return last logits [B, V]."""
+    B, T = input_ids.shape
+    cache = KVCache.allocate(model.config, B, max_len, device=input_ids.device, dtype=model.dtype)
+    slot_valid = torch.zeros(B, max_len, dtype=torch.bool, device=input_ids.device)
+    slot_valid[:, :T] = attention_mask.bool()
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    slots = torch.arange(T, device=input_ids.device)
+    logits = model(input_ids, slot_valid, position_ids=positions, cache=cache, cache_slots=slots, last_only=True)
+    state = DecodeState(cache, slot_valid, attention_mask.long().sum(-1), None, T)
+    return logits[:, -1], state
+
+
+@torch.no_grad()
+def decode_step(model: GPT, tokens: Tensor, state: DecodeState) -> Tensor:
+    """Feed one token per row [B] at the next slot; return logits [B, V] for the token after it."""
+    slot = state.slot
+    state.slot_valid[:, slot] = True
+    slots = torch.tensor([slot], device=tokens.device)
+    logits = model(tokens[:, None], state.slot_valid, position_ids=state.next_position[:, None],
+                   cache=state.cache, cache_slots=slots, last_only=True)
+    state.next_position += 1
+    state.slot += 1
+    return logits[:, -1]
+
+
+def expand_rows(state: DecodeState, logits: Tensor, times: int) -> Tensor:
+    """Repeat every row `times` times (num_return_sequences): [B, ...] -> [B * times, ...]."""
+    if times == 1:
+        return logits
+    rows = torch.arange(logits.shape[0], device=logits.device).repeat_interleave(times)
+    state.cache.reorder(rows)
+    state.slot_valid = state.slot_valid[rows]
+    state.next_position = state.next_position[rows]
+    return logits[rows]
+
+
+def seen_tokens(input_ids: Tensor, attention_mask: Tensor, vocab_size: int) -> Tensor:
+    """bool [B, V]: which tokens appear in each row's prompt (padding excluded)."""
+    B = input_ids.shape[0]
+    seen = torch.zeros(B, vocab_size + 1, dtype=torch.bool, device=input_ids.device)
+    ids = input_ids.masked_fill(~attention_mask.bool(), vocab_size)  # padding -> a spare column
+    return seen.scatter_(1, ids, True)[:, :vocab_size]
+
+
+@torch.no_grad()
+def stream(
+    model: GPT,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    *,
+    params: SamplingParams = SamplingParams(),
+    num_return_sequences: int = 1,
+    attention_mask: Tensor | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    stop: StopCheck | None = None,
+    seed: int | None = None,
+    context: str = "error",
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (new tokens [B*N], finished [B*N] bool) once per step. Finished rows yield the pad token.
+
+    The prompt is input_ids [B, T], left-padded where attention_mask [B, T] is 0.
+    """
+    check_generation_args(max_new_tokens, num_return_sequences)
+    input_ids, attention_mask = prepare_prompt(model, input_ids, attention_mask, max_new_tokens, context)
+    device = model.device
+    if max_new_tokens == 0:
+        return
+    pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+
+    logits, state = prefill(model, input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
+    logits = expand_rows(state, logits, num_return_sequences)
+    rows = logits.shape[0]
+    if params.repetition_penalty != 1.0:
+        seen = seen_tokens(input_ids, attention_mask, model.config.vocab_size)
+        state.seen = seen.repeat_interleave(num_return_sequences, dim=0)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    generated: list[list[int]] = [[] for _ in range(rows)]
+
+    for step in range(max_new_tokens):
+        tokens = select_next(logits, params, state.seen, generator)  # [B*N]
+        tokens = tokens.masked_fill(finished, pad)
+        if state.seen is not None:
+            state.seen[torch.arange(rows, device=device), tokens] = True
+        newly_finished = finished.clone()
+        if eos_token_id is not None:
+            newly_finished |= tokens == eos_token_id
+        if stop is not None:
+            for row, token in enumerate(tokens.tolist()):
+                if not finished[row]:
+                    generated[row].append(token)
+                    if stop(generated[row]):
+                        newly_finished[row] = True
+        yield tokens, newly_finished
+        finished = newly_finished
+        if step + 1 == max_new_tokens or bool(finished.all()):
+            return
+        logits = decode_step(model, tokens, state)
+
+
+def generate(
+    model: GPT,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    *,
+    attention_mask: Tensor | None = None,
+    num_return_sequences: int = 1,
+    context: str = "error",
+    **kwargs,
+) -> Tensor:
+    """Prompt plus continuation: LongTensor [B * num_return_sequences, T + new] (see `stream` for arguments).
+
+    Rows that finish early are padded to the common length with the pad token (EOS by default).
+    """
+    check_generation_args(max_new_tokens, num_return_sequences)
+    prompt, attention_mask = prepare_prompt(model, input_ids, attention_mask, max_new_tokens, context)
+    steps = [
+        tokens
+        for tokens, _ in stream(model, prompt, max_new_tokens, attention_mask=attention_mask,
+                                num_return_sequences=num_return_sequences, **kwargs)
+    ]
+    prompt = prompt.repeat_interleave(num_return_sequences, dim=0)
+    if not steps:
+        return prompt
+    return torch.cat([prompt, torch.stack(steps, dim=1)], dim=1)
+
+
+def stop_sequences_check(stop: Sequence[Sequence[int]]) -> StopCheck:
+    """A stop check that fires when a row's generated ids end with any of these id sequences."""
+    sequences = [list(s) for s in stop if len(s) > 0]
+
+    def check(ids: list[int]) -> bool:
+        return any(ids[-len(s):] == s for s in sequences if len(ids) >= len(s))
+
+    return check
