@@ -67,3 +67,17 @@ def tokenizer() -> Tokenizer:
     if not (directory / "encoder.json").is_file():
         pytest.fail(f"GPT-2 tokenizer files not found in {directory}; set $MINIGPT_TOKENIZER_DIR")
     return Tokenizer.from_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory) -> Path:
+    """A small random model over GPT-2's real vocabulary, with the tokenizer files beside it (hub names)."""
+    import shutil
+
+    directory = tmp_path_factory.mktemp("textmodel")
+    hf = make_hf_model(seed=5, n_layer=2, n_head=4, n_embd=64, n_positions=256, vocab_size=50257,
+                       bos_token_id=50256, eos_token_id=50256)
+    hf.save_pretrained(directory)
+    shutil.copy(tokenizer_dir() / "encoder.json", directory / "vocab.json")
+    shutil.copy(tokenizer_dir() / "vocab.bpe", directory / "merges.txt")
+    return directory

@@ -55,7 +55,7 @@ def test_parameter_count(model):
 
 @torch.no_grad()
 def test_greedy_the_dog(model):
-    ids = model.generate(torch.tensor([[464, 3290]]), max_new_tokens=18)
+    ids = model.generate(torch.tensor([[464, 3290]]), 18)
     assert ids[0].tolist() == THE_DOG_GREEDY
 
 

@@ -1,0 +1,106 @@
+"""The sampling processors on hand-made logits."""
+
+import pytest
+import torch
+
+from minigpt import GenerationError
+from minigpt.sampling import (SamplingParams, apply_repetition_penalty, apply_temperature, process_logits,
+                              select_next, top_k_filter, top_p_filter)
+
+NEG = float("-inf")
+
+
+def test_top_k_keeps_exactly_k_even_with_ties():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.5, 3.0]])
+    out = top_k_filter(logits, 2)
+    assert torch.isfinite(out).sum().item() == 2
+    assert set(out[0][torch.isfinite(out[0])].tolist()) == {3.0}
+    out = top_k_filter(torch.tensor([[5.0, 1.0, 4.0, 2.0]]), 2)
+    assert out.tolist() == [[5.0, NEG, 4.0, NEG]]
+    assert torch.equal(top_k_filter(logits, 100), logits), "k above the vocab keeps everything"
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    assert torch.isfinite(top_p_filter(logits, 0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.6)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.81)).tolist() == [[True, True, True, False]]
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_top_p_always_keeps_one_token():
+    logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    out = top_p_filter(logits, 1e-9)
+    assert torch.isfinite(out).tolist() == [[True, False, False], [False, False, True]]
+
+
+def test_top_p_order_is_per_row():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [2.0, 1.0, 0.0]])
+    keep = torch.isfinite(top_p_filter(logits, 0.5))
+    assert keep.tolist() == [[False, True, False], [True, False, False]]
+
+
+def test_temperature():
+    logits = torch.tensor([[2.0, -4.0]])
+    assert apply_temperature(logits, 0.5).tolist() == [[4.0, -8.0]]
+    assert apply_temperature(logits, 1.0) is logits
+
+
+def test_repetition_penalty_is_ctrl_as_in_transformers():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0, 0.5]])
+    seen_ids = torch.tensor([[0, 1, 4]])
+    seen = torch.zeros(1, 5, dtype=torch.bool)
+    seen[0, seen_ids[0]] = True
+    ours = apply_repetition_penalty(logits, seen, 2.0)
+    assert ours.tolist() == [[1.0, -4.0, 1.0, -1.0, 0.25]]
+    ref = RepetitionPenaltyLogitsProcessor(2.0)(seen_ids, logits.clone())
+    assert torch.equal(ours, ref)
+
+
+def test_processor_order_matches_transformers():
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 200, generator=gen) * 3
+    prev = torch.randint(0, 200, (4, 30), generator=gen)
+    seen = torch.zeros(4, 200, dtype=torch.bool).scatter_(1, prev, True)
+    params = SamplingParams(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.3)
+    ours = process_logits(logits.clone(), params, seen)
+    ref = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3), TemperatureLogitsWarper(0.7),
+                               TopKLogitsWarper(20), TopPLogitsWarper(0.8)])(prev, logits.clone())
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(ref))
+    finite = torch.isfinite(ref)
+    assert torch.allclose(ours[finite], ref[finite])
+
+
+def test_greedy_and_temperature_zero():
+    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])
+    assert select_next(logits, SamplingParams(), None, None).tolist() == [1, 0]
+    zero = SamplingParams(do_sample=True, temperature=0.0)
+    assert select_next(logits, zero, None, torch.Generator().manual_seed(0)).tolist() == [1, 0]
+
+
+def test_seeded_draws_reproduce():
+    logits = torch.zeros(3, 1000)
+    params = SamplingParams(do_sample=True)
+    a = select_next(logits, params, None, torch.Generator().manual_seed(7))
+    b = select_next(logits, params, None, torch.Generator().manual_seed(7))
+    c = select_next(logits, params, None, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_top_k_one_is_greedy():
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(3))
+    sampled = select_next(logits, SamplingParams(do_sample=True, top_k=1), None, torch.Generator().manual_seed(1))
+    assert torch.equal(sampled, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5),
+                                    dict(repetition_penalty=0.0), dict(top_k=2.5)])
+def test_invalid_params(kwargs):
+    with pytest.raises(GenerationError):
+        SamplingParams(do_sample=True, **kwargs)
