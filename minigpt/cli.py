@@ -143,11 +143,8 @@ def load(args: argparse.Namespace, device: torch.device):
 
     status(f"loading {args.model} on {device} ({args.dtype}) ...")
     start = time.perf_counter()
-    model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype], config=args.config)
-    if args.compile:
-        from .fast import compile_decode
-
-        compile_decode(model)
+    model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype], config=args.config,
+                            compile=args.compile)
     if args.tokenizer:
         tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     else:

@@ -91,7 +91,12 @@ def prepare_prompt(
 def prefill(model: GPT, input_ids: Tensor, attention_mask: Tensor, max_len: int) -> tuple[Tensor, DecodeState]:
     """Run the whole prompt [B, T] once into a fresh cache of max_len slots; return last logits [B, V]."""
     B, T = input_ids.shape
-    cache = KVCache.allocate(model.config, B, max_len, device=input_ids.device, dtype=model.dtype)
+    decoder = getattr(model, "_static_decoder", None)
+    if decoder is not None:  # the compiled path's static cache (maybe more slots: bucketed)
+        cache = decoder.cache_for(B, max_len)
+        max_len = cache.max_len
+    else:
+        cache = KVCache.allocate(model.config, B, max_len, device=input_ids.device, dtype=model.dtype)
     slot_valid = torch.zeros(B, max_len, dtype=torch.bool, device=input_ids.device)
     slot_valid[:, :T] = attention_mask.bool()
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
@@ -107,11 +112,15 @@ def decode_step(model: GPT, tokens: Tensor, state: DecodeState) -> Tensor:
     slot = state.slot
     state.slot_valid[:, slot] = True
     slots = torch.tensor([slot], device=tokens.device)
-    logits = model(tokens[:, None], state.slot_valid, position_ids=state.next_position[:, None],
-                   cache=state.cache, cache_slots=slots, last_only=True)
+    decoder = getattr(model, "_static_decoder", None)
+    if decoder is not None:
+        logits = decoder(tokens[:, None], state.slot_valid, state.next_position[:, None], slots)
+    else:
+        logits = model(tokens[:, None], state.slot_valid, position_ids=state.next_position[:, None],
+                       cache=state.cache, cache_slots=slots, last_only=True)[:, -1]
     state.next_position += 1
     state.slot += 1
-    return logits[:, -1]
+    return logits
 
 
 def expand_rows(state: DecodeState, logits: Tensor, times: int) -> Tensor:
@@ -160,8 +169,15 @@ def stream(
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
 
-    logits, state = prefill(model, input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
-    logits = expand_rows(state, logits, num_return_sequences)
+    if getattr(model, "_static_decoder", None) is not None and num_return_sequences > 1:
+        # the static cache cannot be re-indexed in place: prefill every sample's copy of its prompt
+        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+        attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
+        logits, state = prefill(model, input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
+        input_ids, attention_mask = input_ids[::num_return_sequences], attention_mask[::num_return_sequences]
+    else:
+        logits, state = prefill(model, input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
+        logits = expand_rows(state, logits, num_return_sequences)
     rows = logits.shape[0]
     if params.repetition_penalty != 1.0:
         seen = seen_tokens(input_ids, attention_mask, model.config.vocab_size)

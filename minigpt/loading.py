@@ -1,8 +1,9 @@
 """Loading HuggingFace GPT-2 checkpoints onto `GPT`: find the files, read the tensors, check and assign them.
 
 Loading is key handling and nothing more: drop a `transformer.` prefix, ignore the `attn.bias` mask buffers and
-the tied `lm_head.weight`, transpose the four Conv1D weights (stored [in, out]) to nn.Linear's [out, in].
-The model is built on the meta device and the tensors are assigned: no random init, no second copy.
+the tied `lm_head.weight`. The model keeps the Conv1D weights in their stored [in, out] layout; only `wte` is
+laid out [C, V] (see `GPT.__init__`). The model is built on the meta device and the tensors are assigned:
+no random init, no second copy.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from .model import GPT
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-# Conv1D weights are stored [in, out]; nn.Linear holds [out, in].
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_KEY = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
 
 
@@ -44,11 +43,13 @@ def load_pretrained(
     revision: str | None = None,
     config: GPTConfig | str | None = None,
     allow_pickle: bool = False,
+    compile: bool = False,
 ) -> GPT:
     """Load a GPT-2 checkpoint: a hub id, a local directory, or a single `.safetensors` file.
 
     config: overrides (or supplies, for a bare file) the model config: a `GPTConfig` or a preset name.
     allow_pickle: also load `.bin` files, through `torch.load(weights_only=True)`.
+    compile: decode through a torch.compile'd static-cache step (CUDA graphs on GPU; see minigpt.fast).
     """
     files = resolve_checkpoint(name_or_path, revision=revision, config=config, allow_pickle=allow_pickle)
     dtype = dtype or torch.float32
@@ -58,7 +59,12 @@ def load_pretrained(
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state = read_state_dict(files.weights, expected, dtype=dtype, device=device)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+    model.eval()
+    if compile:
+        from .fast import compile_decode
+
+        compile_decode(model)
+    return model
 
 
 # --------------------------------------------------------------------------- finding the files
@@ -229,13 +235,11 @@ def read_state_dict(
                 continue
             if key in state:
                 raise CheckpointError(f"{file}: tensor {key!r} appears twice (also in {origin[key]})")
-            want = expected[key]
-            if key.endswith(CONV1D_SUFFIXES):
-                _check_shape(file, raw_key, tuple(tensor.shape), want[::-1], note=" (Conv1D, stored [in, out])")
-                tensor = tensor.t()
+            _check_shape(file, raw_key, tuple(tensor.shape), expected[key])
+            if key == "wte.weight":  # held as the [V, C] view of a contiguous [C, V] matrix
+                state[key] = tensor.t().to(device=device, dtype=dtype).contiguous().t()
             else:
-                _check_shape(file, raw_key, tuple(tensor.shape), want)
-            state[key] = tensor.to(device=device, dtype=dtype).contiguous()
+                state[key] = tensor.to(device=device, dtype=dtype).contiguous()
             origin[key] = file
     where = files[0] if len(files) == 1 else files[0].parent
     if unexpected:
@@ -247,11 +251,9 @@ def read_state_dict(
     return state
 
 
-def _check_shape(file: Path, key: str, got: tuple[int, ...], want: tuple[int, ...], note: str = "") -> None:
+def _check_shape(file: Path, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
     if got != want:
-        raise CheckpointError(
-            f"{file}: tensor {key!r} has shape {list(got)} but the config needs {list(want)}{note}"
-        )
+        raise CheckpointError(f"{file}: tensor {key!r} has shape {list(got)} but the config needs {list(want)}")
 
 
 def _iter_tensors(file: Path):

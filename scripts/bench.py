@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: minigpt vs transformers on the same checkpoint, in one process, runs interleaved.
+
+Reports medians and ratios (transformers time / minigpt time, so > 1 means minigpt is faster) for:
+decode at batch 1 (16-token prompt, 64 new tokens, greedy), 5 samples of one prompt (64 new, top-k 50),
+prefill of 512 tokens, in each dtype; plus load time and peak RSS after loading (each in a fresh process).
+Without --model it builds a random gpt2-shape checkpoint in the hub's layout (a temporary directory).
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="checkpoint directory (default: build a random gpt2-shape one)")
+    p.add_argument("--shape", default="gpt2", help="preset shape for the random checkpoint (default: gpt2)")
+    p.add_argument("--checkpoint-dtype", default="float32", help="dtype of the random checkpoint (default: float32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: float32,bfloat16)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case and library (default: 5)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per decode run (default: 64)")
+    p.add_argument("--cases", default="decode,samples,prefill,load", help="which cases (default: all)")
+    p.add_argument("--compile", action="store_true", help="also time minigpt with compile=True (GPU)")
+    p.add_argument("--json-out", help="also write the results as JSON here")
+    p.add_argument("--no-transformers", action="store_true", help="time minigpt alone")
+    return p.parse_args()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_random_checkpoint(shape: str, directory: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """A random-weight checkpoint in the hub's gpt2 layout (bare keys, attn.bias buffers) with config.json."""
+    from safetensors.torch import save_file
+
+    from minigpt import GPT, GPTConfig
+
+    config = GPTConfig.from_preset(shape)
+    gen = torch.Generator().manual_seed(0)
+    with torch.device("meta"):
+        shapes = {name: t.shape for name, t in GPT(config).state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        tensor = torch.randn(shape, generator=gen) * (0.02 if len(shape) == 2 else 0.1)
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            tensor += 1.0
+        state[name] = tensor.to(dtype).contiguous()
+    mask = torch.tril(torch.ones(config.n_positions, config.n_positions)).view(1, 1, config.n_positions, -1)
+    for i in range(config.n_layer):
+        state[f"h.{i}.attn.bias"] = mask.clone().to(dtype)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+    return directory
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleave(fns: dict[str, callable], repeats: int, device: str) -> dict[str, float]:
+    """Warm each up once, then run A B A B ...; return the median seconds of each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_rss_after_load(library: str, model_dir: Path, dtype: str) -> float:
+    """Peak resident memory (MB) of a fresh process that only loads the model."""
+    code = f"""
+import resource, torch
+dtype = getattr(torch, {dtype!r})
+if {library!r} == "minigpt":
+    from minigpt import GPT
+    m = GPT.from_pretrained({str(model_dir)!r}, dtype=dtype)
+else:
+    from transformers import GPT2LMHeadModel
+    m = GPT2LMHeadModel.from_pretrained({str(model_dir)!r}, dtype=dtype)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    args = parse_args()
+    from minigpt import GPT
+
+    device = args.device
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    use_hf = not args.no_transformers
+    if use_hf:
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            log("transformers is not installed: timing minigpt alone")
+            use_hf = False
+    cases = set(args.cases.split(","))
+    tmp = None
+    if args.model:
+        model_dir = Path(args.model)
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        log(f"building a random {args.shape}-shape checkpoint ...")
+        model_dir = make_random_checkpoint(args.shape, Path(tmp.name) / args.shape, DTYPES[args.checkpoint_dtype])
+    weights = model_dir / "model.safetensors"
+    ckpt_mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+
+    rows: list[dict] = []
+    new = args.new_tokens
+    gen = torch.Generator().manual_seed(0)
+    prompt16 = torch.randint(0, 50000, (1, 16), generator=gen).to(device)
+    prompt512 = torch.randint(0, 50000, (1, 512), generator=gen).to(device)
+
+    for dtype_name in args.dtypes.split(","):
+        dtype = DTYPES[dtype_name]
+        log(f"[{dtype_name}] loading ...")
+        ours = GPT.from_pretrained(str(model_dir), device=device, dtype=dtype)
+        n_params = sum(p.numel() for p in ours.parameters())
+        step_bytes = (n_params - ours.wpe.weight.numel()) * ours.wte.weight.element_size()
+        libs = {"minigpt": ours}
+        if args.compile:
+            libs["minigpt+compile"] = GPT.from_pretrained(str(model_dir), device=device, dtype=dtype, compile=True)
+        if use_hf:
+            libs["transformers"] = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+
+        def decode_fn(name, model, ids, n, sample, tokens=new):
+            if name.startswith("minigpt"):
+                kw = dict(do_sample=True, top_k=50, seed=0) if sample else {}
+                return lambda: model.generate(ids, tokens, num_return_sequences=n, **kw)
+            kw = dict(do_sample=True, top_k=50) if sample else dict(do_sample=False)
+            return lambda: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                          min_new_tokens=tokens, num_return_sequences=n, pad_token_id=0, **kw)
+
+        with torch.inference_mode():
+            if "decode" in cases:
+                log(f"[{dtype_name}] decode batch 1 ...")
+                t = interleave({k: decode_fn(k, m, prompt16, 1, False) for k, m in libs.items()}, args.repeats, device)
+                one = interleave({k: decode_fn(k, m, prompt16, 1, False, 1) for k, m in libs.items()}, args.repeats, device)
+                per_step = {k: (t[k] - one[k]) / (new - 1) for k in t}
+                rows.append(dict(case=f"decode b=1, 16+{new} greedy", dtype=dtype_name, unit="tok/s",
+                                 values={k: new / v for k, v in t.items()}, seconds=t, step_bytes=step_bytes,
+                                 per_step=per_step))
+            if "samples" in cases:
+                log(f"[{dtype_name}] 5 samples ...")
+                t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, args.repeats, device)
+                rows.append(dict(case=f"5 samples, 16+{new} top-k 50", dtype=dtype_name, unit="tok/s",
+                                 values={k: 5 * new / v for k, v in t.items()}, seconds=t))
+            if "prefill" in cases:
+                log(f"[{dtype_name}] prefill 512 ...")
+                fns = {}
+                for k, m in libs.items():
+                    if k.startswith("minigpt"):
+                        fns[k] = (lambda m=m: m(prompt512, last_only=True))
+                    else:
+                        fns[k] = (lambda m=m: m(prompt512, logits_to_keep=1))
+                t = interleave(fns, args.repeats, device)
+                rows.append(dict(case="prefill 512", dtype=dtype_name, unit="tok/s",
+                                 values={k: 512 / v for k, v in t.items()}, seconds=t))
+        del libs, ours
+
+    if "load" in cases:
+        log("load time ...")
+        loaders = {"minigpt": lambda: GPT.from_pretrained(str(model_dir), device=device)}
+        if use_hf:
+            loaders["transformers"] = lambda: GPT2LMHeadModel.from_pretrained(str(model_dir)).to(device)
+        t = interleave(loaders, args.repeats, device)
+        rows.append(dict(case="load (warm page cache)", dtype="float32", unit="s", values=t, seconds=t))
+        if device == "cpu":
+            rss = {"minigpt": peak_rss_after_load("minigpt", model_dir, "float32")}
+            if use_hf:
+                rss["transformers"] = peak_rss_after_load("transformers", model_dir, "float32")
+            rows.append(dict(case=f"peak RSS after load (checkpoint {ckpt_mb:.0f} MB)", dtype="float32",
+                             unit="MB", values=rss, seconds=rss))
+
+    print_table(rows, args, device, use_hf)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=2, default=str))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def machine_line(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def print_table(rows: list[dict], args, device: str, use_hf: bool) -> None:
+    libs = sorted({k for r in rows for k in r["values"]}, key=lambda k: (k != "minigpt", k))
+    print(f"\nMachine: {machine_line(device)}. Medians of {args.repeats} interleaved runs.\n")
+    head = "| case | dtype | " + " | ".join(libs) + (" | speed-up vs transformers |" if use_hf else " |")
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    for r in rows:
+        cells = []
+        for k in libs:
+            v = r["values"].get(k)
+            cells.append("" if v is None else f"{v:.1f} {r['unit']}" if r["unit"] != "s" else f"{v:.2f} s")
+        line = f"| {r['case']} | {r['dtype']} | " + " | ".join(cells) + " |"
+        if use_hf and "transformers" in r["values"]:
+            hf, me = r["values"]["transformers"], r["values"]["minigpt"]
+            ratio = me / hf if r["unit"] == "tok/s" else hf / me
+            line += f" {ratio:.2f}× |"
+        print(line)
+    for r in rows:
+        if "step_bytes" in r:
+            print(f"\n{r['dtype']} decode: {r['step_bytes'] / 1e6:.0f} MB of weights read per step.", end="")
+            for k, per_step in r["per_step"].items():
+                print(f" {k}: {per_step * 1e3:.2f} ms/step = {r['step_bytes'] / per_step / 1e9:.0f} GB/s;", end="")
+            print(" (decode steps only: time(16+64) - time(16+1), over 63)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
