@@ -2,7 +2,10 @@
 
 CUDA graphs need every tensor the step touches at a fixed address, so the cache lives in non-persistent
 buffers of `StaticDecoder` (never in the state dict), sized in buckets of `CACHE_BUCKET` slots so a new prompt
-length does not recompile. Prefill runs eagerly into the same buffers; each decode step is one graph replay.
+length does not recompile. Prefill runs eagerly into the same buffers. On CUDA the compiled step (inductor's
+fused kernels) is captured once per shape into a `torch.cuda.CUDAGraph` with static input and output tensors,
+so each decode step is one graph replay: at batch 1 a step is hundreds of small kernels, and launching them
+one by one costs more than reading the weights.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ class StaticDecoder(nn.Module):
     def __init__(self, model: GPT, mode: str | None = "reduce-overhead") -> None:
         super().__init__()
         self.model = model
-        self.mode = mode
+        self.use_graph = mode == "reduce-overhead" and model.device.type == "cuda"
         self.shape: tuple[int, int] | None = None
-        self.step = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
+        # Graphs are captured by hand (below), so inductor itself runs without its own cudagraphs.
+        self.step = torch.compile(self._step, mode=None if self.use_graph else mode, fullgraph=True, dynamic=False)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_inputs: tuple[Tensor, ...] = ()
+        self.static_logits: Tensor | None = None
 
     def cache_for(self, batch_size: int, length: int) -> KVCache:
         """A zeroed cache of at least `length` slots whose tensors are this module's buffers."""
@@ -40,6 +47,7 @@ class StaticDecoder(nn.Module):
                 self.register_buffer(f"k{i}", torch.zeros(shape, **kwargs), persistent=False)
                 self.register_buffer(f"v{i}", torch.zeros(shape, **kwargs), persistent=False)
             self.shape = (batch_size, length)
+            self.graph = None
         else:
             for i in range(config.n_layer):
                 getattr(self, f"k{i}").zero_()
@@ -57,8 +65,28 @@ class StaticDecoder(nn.Module):
         return logits[:, -1]
 
     def forward(self, tokens: Tensor, slot_valid: Tensor, positions: Tensor, slots: Tensor) -> Tensor:
-        # .clone(): a CUDA-graph output is overwritten by the next replay
-        return self.step(tokens, slot_valid, positions, slots).clone()
+        if not self.use_graph:
+            return self.step(tokens, slot_valid, positions, slots)
+        if self.graph is None:
+            self._capture(tokens, slot_valid, positions, slots)
+        for static, value in zip(self.static_inputs, (tokens, slot_valid, positions, slots)):
+            static.copy_(value)
+        self.graph.replay()
+        return self.static_logits.clone()  # the next replay overwrites the static output
+
+    def _capture(self, tokens: Tensor, slot_valid: Tensor, positions: Tensor, slots: Tensor) -> None:
+        """Record one decode step into a CUDA graph. Warm-up runs compile first; they write the cache at
+        `slots` exactly as the real step will, and the replay that follows writes the same values again."""
+        self.static_inputs = tuple(t.clone() for t in (tokens, slot_valid, positions, slots))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.step(*self.static_inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_logits = self.step(*self.static_inputs)
 
 
 def compile_decode(model: GPT, mode: str | None = "reduce-overhead") -> GPT:
