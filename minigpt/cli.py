@@ -60,8 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--prompt", help="prompt text; '-' reads stdin; empty means unconditional (starts from "
                      "<|endoftext|>). Without --prompt or --prompt-file, piped stdin is the prompt")
     inp.add_argument("--prompt-file", help="read the prompt from this file")
-    inp.add_argument("--instruct", action="store_true",
-                     help="wrap the prompt in the fine-tuned checkpoint's saved instruction template")
     inp.add_argument("--context", default="error", choices=["error", "truncate"],
                      help="when prompt + max-new-tokens passes the 1024-token context: fail (error) or keep "
                      "the prompt's last tokens that fit (truncate) (default: %(default)s)")
@@ -136,10 +134,11 @@ def status(message: str) -> None:
 
 
 def load(args: argparse.Namespace, device: torch.device):
+    from pathlib import Path
+
+    from .errors import TokenizerError
     from .loading import load_pretrained
     from .tokenizer import Tokenizer, find_tokenizer_files
-    from .errors import TokenizerError
-    from pathlib import Path
 
     status(f"loading {args.model} on {device} ({args.dtype}) ...")
     start = time.perf_counter()
@@ -169,10 +168,6 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     prompt = read_prompt(args)
     model, tokenizer = load(args, device)
-    if args.instruct:
-        from .instruct import template_for
-
-        prompt = template_for(args.model).format_prompt(prompt)
     params = SamplingParams(
         do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k or None,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,

@@ -97,16 +97,20 @@ def interleave(fns: dict[str, callable], repeats: int, device: str) -> dict[str,
 
 def peak_rss_after_load(library: str, model_dir: Path, dtype: str) -> float:
     """Peak resident memory (MB) of a fresh process that only loads the model."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report this process's peak.
     code = f"""
-import resource, torch
+import torch
 dtype = getattr(torch, {dtype!r})
-if {library!r} == "minigpt":
+if {library!r} == "none":
+    pass
+elif {library!r} == "minigpt":
     from minigpt import GPT
     m = GPT.from_pretrained({str(model_dir)!r}, dtype=dtype)
 else:
     from transformers import GPT2LMHeadModel
     m = GPT2LMHeadModel.from_pretrained({str(model_dir)!r}, dtype=dtype)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read()
+print(int(status.split("VmHWM:")[1].split()[0]) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -198,7 +202,8 @@ def main() -> int:
         t = interleave(loaders, args.repeats, device)
         rows.append(dict(case="load (warm page cache)", dtype="float32", unit="s", values=t, seconds=t))
         if device == "cpu":
-            rss = {"minigpt": peak_rss_after_load("minigpt", model_dir, "float32")}
+            rss = {"minigpt": peak_rss_after_load("minigpt", model_dir, "float32"),
+                   "python+torch alone": peak_rss_after_load("none", model_dir, "float32")}
             if use_hf:
                 rss["transformers"] = peak_rss_after_load("transformers", model_dir, "float32")
             rows.append(dict(case=f"peak RSS after load (checkpoint {ckpt_mb:.0f} MB)", dtype="float32",
