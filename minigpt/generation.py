@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .errors import GenerationError
-from .model import GPT, KVCache
+from .model import GPT, KVCache, attention_mask_to_positions
 from .sampling import SamplingParams, select_next
 
 # A stop check gets one row's generated ids so far and says whether the row is finished.
@@ -99,7 +99,7 @@ def prefill(model: GPT, input_ids: Tensor, attention_mask: Tensor, max_len: int)
         cache = KVCache.allocate(model.config, B, max_len, device=input_ids.device, dtype=model.dtype)
     slot_valid = torch.zeros(B, max_len, dtype=torch.bool, device=input_ids.device)
     slot_valid[:, :T] = attention_mask.bool()
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    positions = attention_mask_to_positions(attention_mask)  # [B, T]
     slots = torch.arange(T, device=input_ids.device)
     logits = model(input_ids, slot_valid, position_ids=positions, cache=cache, cache_slots=slots, last_only=True)
     state = DecodeState(cache, slot_valid, attention_mask.long().sum(-1), None, T)
@@ -194,8 +194,9 @@ def stream(
         if eos_token_id is not None:
             newly_finished |= tokens == eos_token_id
         if stop is not None:
+            already_done = finished.tolist()  # one host copy per step, not one per row
             for row, token in enumerate(tokens.tolist()):
-                if not finished[row]:
+                if not already_done[row]:
                     generated[row].append(token)
                     if stop(generated[row]):
                         newly_finished[row] = True
