@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  minigpt-generate --prompt 'The sky is' --num-samples 5 --max-new-tokens 50 --seed 42\n"
         "  minigpt-generate --model ./my-gpt2 --prompt 'Hello' --greedy --stream\n"
         "  echo 'Once upon a time' | minigpt-generate --json\n"
+        "  minigpt-generate --model ./my-sft --instruct --prompt 'Name three primary colors.' --greedy\n"
         "offline: the hub cannot be reached, so pass --model PATH (a directory with config.json and "
         "model.safetensors, or a .safetensors file).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--prompt", help="prompt text; '-' reads stdin; empty means unconditional (starts from "
                      "<|endoftext|>). Without --prompt or --prompt-file, piped stdin is the prompt")
     inp.add_argument("--prompt-file", help="read the prompt from this file")
+    inp.add_argument("--instruct", action="store_true", help="treat the prompt as an instruction: wrap it in the "
+                     "fine-tuned checkpoint's saved prompt template and print only the response")
+    inp.add_argument("--input", dest="instruct_input", default="", help="with --instruct: the instruction's "
+                     "input text (Alpaca's 'input' field)")
+    inp.add_argument("--template", help="with --instruct: a prompt template JSON file, or 'default' for "
+                     "minigpt's built-in one (default: the model directory's prompt_template.json)")
     inp.add_argument("--context", default="error", choices=["error", "truncate"],
                      help="when prompt + max-new-tokens passes the 1024-token context: fail (error) or keep "
                      "the prompt's last tokens that fit (truncate) (default: %(default)s)")
@@ -99,6 +106,33 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     if args.prompt is not None and args.prompt_file is not None:
         raise UsageError("give --prompt or --prompt-file, not both")
+    if not args.instruct and (args.template or args.instruct_input):
+        raise UsageError("--template and --input only apply with --instruct")
+
+
+def instruct_prompt(args: argparse.Namespace, instruction: str) -> str:
+    """The templated prompt for --instruct: the model's saved template (or --template)."""
+    from pathlib import Path
+
+    from .data import TEMPLATE_FILE, DataError, PromptTemplate
+
+    if not instruction.strip():
+        raise UsageError("--instruct needs a non-empty instruction (--prompt, --prompt-file or stdin)")
+    if args.template == "default":
+        template = PromptTemplate()
+    elif args.template:
+        template = PromptTemplate.load(args.template)
+    else:
+        model_path = Path(args.model).expanduser()
+        directory = model_path if model_path.is_dir() else model_path.parent if model_path.is_file() else None
+        if directory is None or not (directory / TEMPLATE_FILE).is_file():
+            raise UsageError(f"--instruct: {args.model} has no {TEMPLATE_FILE} (it was not fine-tuned with "
+                             "minigpt-finetune); pass --template FILE, or --template default for the built-in one")
+        try:
+            template = PromptTemplate.load(directory)
+        except DataError as exc:
+            raise UsageError(str(exc)) from None
+    return template.render(instruction.strip(), args.instruct_input.strip())
 
 
 def pick_device(name: str) -> torch.device:
@@ -167,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     device = pick_device(args.device)
     prompt = read_prompt(args)
+    if args.instruct:
+        prompt = instruct_prompt(args, prompt)
     model, tokenizer = load(args, device)
     params = SamplingParams(
         do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k or None,
@@ -180,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if live:
         if header(0):
             print(header(0))
-        print(prompt, end="", flush=True)
+        if not args.instruct:
+            print(prompt, end="", flush=True)
     results = None
     for event in events:
         if isinstance(event, list):
@@ -201,16 +238,21 @@ def run(args: argparse.Namespace) -> int:
             continue
         if header(i):
             print(header(i))
-        print(result.text)
+        print(result.completion if args.instruct else result.text)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_cli(build_parser(), run, argv)
+
+
+def run_cli(parser: argparse.ArgumentParser, command, argv: Sequence[str] | None = None) -> int:
+    """Parse, run `command(args)`, and turn every error into one line on stderr and an exit status."""
+    args = parser.parse_args(argv)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
     try:
-        return run(args)
+        return command(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -197,6 +197,12 @@ class GPT(nn.Module):
 
         return load_pretrained(name_or_path, device=device, dtype=dtype, revision=revision, **kwargs)
 
+    def save_pretrained(self, directory: str, *, tokenizer=None, template=None) -> None:
+        """Write the hub layout (model.safetensors + config.json, vocab files, template) atomically."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory, tokenizer=tokenizer, template=template)
+
     def generate(
         self,
         input_ids: Tensor,
@@ -264,6 +270,21 @@ class GPT(nn.Module):
             covers every cache slot written so far and now (S <= cache.max_len).
         cache, cache_slots: write this step's keys/values at slots [T] of `cache` and attend over it.
         """
+        x = self.features(input_ids, attention_mask, position_ids=position_ids, cache=cache, cache_slots=cache_slots)
+        if last_only:
+            x = x[:, -1:]  # [B, 1, C]
+        return self.lm_head(x)  # [B, T, V]
+
+    def features(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        cache_slots: Tensor | None = None,
+    ) -> Tensor:
+        """Final hidden states [B, T, C] (after ln_f): what the LM head reads. Arguments as `forward`."""
         B, T = input_ids.shape
         if cache is None:
             if T > self.config.n_positions:
@@ -294,6 +315,4 @@ class GPT(nn.Module):
         x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, C]
         for block in self.h:
             x = block(x, mask, cache, cache_slots)
-        if last_only:
-            x = x[:, -1:]  # [B, 1, C]
-        return self.lm_head(self.ln_f(x))  # [B, T, V]
+        return self.ln_f(x)  # [B, T, C]

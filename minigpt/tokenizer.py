@@ -74,6 +74,7 @@ class Tokenizer:
 
     def __init__(self, vocab_path: str | Path, merges_path: str | Path) -> None:
         ranks, eos = load_ranks(Path(vocab_path), Path(merges_path))
+        self.files = (Path(vocab_path), Path(merges_path))  # copied beside checkpoints this library writes
         self.eos_token_id = eos
         self.encoding = tiktoken.Encoding(
             name="gpt2-minigpt", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: eos}
@@ -108,6 +109,13 @@ class Tokenizer:
         except CheckpointError as exc:
             raise TokenizerError(str(exc)) from None
         return cls(vocab, merges)
+
+    def save(self, directory: str | Path) -> None:
+        """Write the vocabulary files into `directory` under the hub's names (vocab.json, merges.txt)."""
+        import shutil
+
+        for source, name in zip(self.files, FILE_PAIRS[0]):
+            shutil.copyfile(source, Path(directory) / name)
 
     @property
     def vocab_size(self) -> int:

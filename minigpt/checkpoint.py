@@ -1,0 +1,95 @@
+"""Writing checkpoints in the hub layout, atomically: what `GPT.from_pretrained` and transformers both load.
+
+A directory holds `model.safetensors` (`transformer.`-prefixed keys, no lm_head: it is tied), `config.json`,
+and optionally the vocabulary (`vocab.json`, `merges.txt`), the prompt template and anything else a caller
+writes (the trainer adds its optimizer and progress). It is assembled in a temporary sibling directory and
+renamed into place, so a crash leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+from .model import GPT
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def model_tensors(model: GPT) -> dict:
+    """The state dict under the names transformers' GPT2LMHeadModel saves, on CPU and contiguous."""
+    return {f"transformer.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def write_model_files(model: GPT, directory: Path) -> None:
+    """model.safetensors + config.json into an existing directory (not atomic by itself)."""
+    save_file(model_tensors(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def write_atomically(directory: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Call `fill(tmp)` on a fresh temporary directory beside `directory`, then move it into place.
+
+    An existing `directory` is replaced only after the new one is complete.
+    """
+    target = Path(directory).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"cannot write a checkpoint to {target}: it exists and is not a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write a checkpoint to {target}: {exc}") from None
+    try:
+        fill(tmp)
+        _fsync_dir_files(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException as exc:  # Ctrl-C included: never leave a half-written directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"cannot write a checkpoint to {target}: {exc}") from None
+        raise
+    return target
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def save_pretrained(
+    model: GPT,
+    directory: str | Path,
+    *,
+    tokenizer=None,
+    template=None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write `model` (and the tokenizer's files, the prompt template, `extra(dir)`'s files) atomically."""
+
+    def fill(tmp: Path) -> None:
+        write_model_files(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if template is not None:
+            template.save(tmp)
+        if extra is not None:
+            extra(tmp)
+
+    return write_atomically(directory, fill)

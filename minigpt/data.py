@@ -1,0 +1,273 @@
+"""Instruction data for supervised fine-tuning: JSONL records, the prompt template, masked labels, batches.
+
+A record is `{"prompt": ..., "response": ...}` or Alpaca's `{"instruction": ..., "input": ..., "output": ...}`
+("input" optional). The template turns it into one token sequence
+
+    prompt tokens (template applied)  |  response tokens  |  <|endoftext|>
+    labels: -100 (ignored)            |  the tokens       |  EOS
+
+so the loss is taken on the response and its EOS only. Each example is one batch row, right-padded: causal
+attention means a real token never sees the padding after it, so no attention crosses between examples and
+positions start at 0 in every row, exactly as when the example is alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import MiniGPTError
+from .tokenizer import Tokenizer
+
+IGNORE_INDEX = -100  # label of a position that does not count in the loss
+TEMPLATE_FILE = "prompt_template.json"
+
+
+class DataError(MiniGPTError, ValueError):
+    """An instruction file that cannot be used (the message names the file and line)."""
+
+
+# --------------------------------------------------------------------------- the prompt template
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How an instruction (and optional input) becomes the text the response follows.
+
+    `{instruction}` and `{input}` are replaced literally (no str.format: braces in user text are safe).
+    """
+
+    name: str = "minigpt-instruct-v1"
+    prompt: str = "### Instruction:\n{instruction}\n\n### Response:\n"
+    prompt_with_input: str = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+    def render(self, instruction: str, input: str = "") -> str:
+        """The prompt text for one instruction; the response is appended right after it."""
+        if input:
+            return self.prompt_with_input.replace("{instruction}", instruction).replace("{input}", input)
+        return self.prompt.replace("{instruction}", instruction)
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / TEMPLATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PromptTemplate":
+        """From a template JSON file, or a checkpoint directory holding `prompt_template.json`."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / TEMPLATE_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"no prompt template at {path} (fine-tuned checkpoints save {TEMPLATE_FILE})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"cannot read prompt template {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"prompt template {path} does not hold a JSON object")
+        known = {"name", "prompt", "prompt_with_input"}
+        bad = sorted(set(data) - known) + [k for k in known if k in data and not isinstance(data[k], str)]
+        if bad:
+            raise DataError(f"prompt template {path}: unknown or non-string fields: {', '.join(bad)}")
+        template = cls(**data)
+        if "{instruction}" not in template.prompt or "{instruction}" not in template.prompt_with_input:
+            raise DataError(f"prompt template {path}: 'prompt' and 'prompt_with_input' must contain {{instruction}}")
+        return template
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+@dataclass(frozen=True)
+class Record:
+    """One demonstration as read from the file."""
+
+    line: int  # 1-based line number in the file
+    instruction: str
+    input: str
+    response: str
+
+
+def parse_record(obj: object) -> tuple[str, str, str]:
+    """(instruction, input, response) from one JSON value; ValueError says what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "prompt" in obj or "response" in obj:
+        fields, names = ("prompt", None, "response"), "'prompt' and 'response'"
+    else:
+        fields, names = ("instruction", "input", "output"), "'instruction' and 'output' (and optional 'input')"
+    instruction_key, input_key, response_key = fields
+    missing = [k for k in (instruction_key, response_key) if k not in obj]
+    if missing:
+        raise ValueError(f"missing field {', '.join(repr(m) for m in missing)}; a record needs {names}")
+    values = {k: obj.get(k, "") if k else "" for k in fields}
+    for key, value in values.items():
+        if key and not isinstance(value, str):
+            raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
+    if not values[instruction_key].strip():
+        raise ValueError(f"empty {instruction_key!r}")
+    if not values[response_key].strip():
+        raise ValueError(f"empty {response_key!r}")
+    return values[instruction_key], values[input_key] if input_key else "", values[response_key]
+
+
+def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> tuple[list[Record], list[str]]:
+    """Records of a JSONL file and a list of problems, each "FILE:LINE: what".
+
+    A bad line (invalid JSON, not an object, missing or non-string fields, empty instruction or response) is
+    rejected with every problem listed (DataError), or skipped and reported when `skip_bad`. Blank lines are
+    ignored. Nothing is trained before the whole file has been checked.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"data file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read data file {path}: {exc}") from None
+    records: list[Record] = []
+    problems: list[str] = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        try:
+            instruction, input_text, response = parse_record(obj)
+        except ValueError as exc:
+            problems.append(f"{path}:{number}: {exc}")
+            continue
+        records.append(Record(number, instruction, input_text, response))
+    if problems and not skip_bad:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DataError(f"{len(problems)} bad record(s): {shown} (fix them, or pass --skip-bad to skip them)")
+    if not records:
+        raise DataError(f"{path}: no usable records")
+    return records, problems
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized demonstration: `ids` = prompt + response (+ EOS); the loss covers ids[prompt_len:]."""
+
+    line: int
+    ids: list[int]
+    prompt_len: int
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE_INDEX] * self.prompt_len + self.ids[self.prompt_len:]
+
+
+@dataclass
+class DataReport:
+    """What happened to the file's records on their way to examples."""
+
+    records: int = 0
+    skipped: list[str] = field(default_factory=list)  # bad lines, "FILE:LINE: why"
+    truncated: list[int] = field(default_factory=list)  # line numbers whose response was cut to fit
+    dropped: list[int] = field(default_factory=list)  # line numbers whose prompt alone does not fit
+
+    def summary(self) -> str:
+        parts = [f"{self.records - len(self.dropped)} examples from {self.records} records"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} bad line(s) skipped")
+        if self.truncated:
+            parts.append(f"{len(self.truncated)} truncated to the context (response cut, no EOS)")
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} dropped (prompt alone fills the context)")
+        return ", ".join(parts)
+
+
+def tokenize_record(record: Record, tokenizer: Tokenizer, template: PromptTemplate, max_len: int) -> Example | None:
+    """The example of one record, its response cut to fit `max_len` tokens; None if the prompt alone does not
+    leave room for one response token. The sequence is max_len + 1 long at most: inputs and targets are
+    its two shifted views of max_len each."""
+    prompt_ids = tokenizer.encode(template.render(record.instruction, record.input))
+    response_ids = tokenizer.encode(record.response) + [tokenizer.eos_token_id]
+    if len(prompt_ids) >= max_len:
+        return None
+    ids = (prompt_ids + response_ids)[: max_len + 1]
+    return Example(record.line, ids, len(prompt_ids))
+
+
+def tokenize_records(
+    records: list[Record], tokenizer: Tokenizer, template: PromptTemplate, max_len: int, report: DataReport
+) -> list[Example]:
+    examples = []
+    for record in records:
+        example = tokenize_record(record, tokenizer, template, max_len)
+        if example is None:
+            report.dropped.append(record.line)
+            continue
+        full = len(tokenizer.encode(record.response)) + 1
+        if len(example.ids) - example.prompt_len < full:
+            report.truncated.append(record.line)
+        examples.append(example)
+    return examples
+
+
+def load_examples(
+    path: str | Path, tokenizer: Tokenizer, template: PromptTemplate, max_len: int, *, skip_bad: bool = False
+) -> tuple[list[Example], DataReport]:
+    """Read, check and tokenize an instruction file; the report counts skipped, truncated and dropped records."""
+    records, problems = read_jsonl(path, skip_bad=skip_bad)
+    report = DataReport(records=len(records), skipped=problems)
+    examples = tokenize_records(records, tokenizer, template, max_len, report)
+    if not examples:
+        raise DataError(f"{path}: no example fits the {max_len}-token context")
+    return examples, report
+
+
+def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, eval): a seeded random `fraction` of the examples held out (at least one when fraction > 0)."""
+    if not 0 <= fraction < 1:
+        raise DataError(f"eval fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return examples, []
+    n_eval = max(1, math.floor(len(examples) * fraction))
+    if n_eval >= len(examples):
+        raise DataError(f"{len(examples)} examples are too few to hold out {fraction:.0%} for evaluation")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Batch:
+    """Right-padded inputs and shifted targets of a few examples."""
+
+    input_ids: Tensor  # [B, T] long; padding is EOS
+    targets: Tensor  # [B, T] long; IGNORE_INDEX where the position does not count
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.targets.to(device))
+
+
+def collate(examples: list[Example], pad_id: int) -> Batch:
+    """Inputs ids[:-1] and targets labels[1:] of each example, right-padded to the longest row."""
+    width = max(len(e.ids) - 1 for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.ids) - 1
+        input_ids[row, :n] = torch.tensor(example.ids[:-1])
+        targets[row, :n] = torch.tensor(example.labels[1:])
+    return Batch(input_ids, targets)
