@@ -383,16 +383,24 @@ def pick_device(name: str, dist_info: Distributed | None = None) -> torch.device
     return torch.device(name)
 
 
-def load_start_model(config: TrainConfig) -> GPT:
+def start_model_config(model: str, *, random_init: bool) -> GPTConfig:
+    """The shape of the model training starts from (a checkpoint's config, or a preset / config.json)."""
+    if random_init:
+        path = Path(model)
+        return GPTConfig.from_json(path) if path.suffix == ".json" else GPTConfig.from_preset(model)
+    from .loading import resolve_checkpoint
+
+    return resolve_checkpoint(model).config
+
+
+def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
     """The weights training starts from: loaded (never silently random) unless random_init asks for it."""
     if not config.random_init:
         from .loading import load_pretrained
 
         return load_pretrained(config.model)
-    path = Path(config.model)
-    gpt_config = GPTConfig.from_json(path) if path.suffix == ".json" else GPTConfig.from_preset(config.model)
     torch.manual_seed(config.seed)
-    return GPT(gpt_config)
+    return GPT(model_config)
 
 
 def load_tokenizer(config: TrainConfig) -> Tokenizer:
@@ -456,6 +464,7 @@ class _Run:
         if saved is not None and saved.get("data_sha256") != self.data_sha:
             raise TrainingError(f"cannot resume: {config.data} changed since the run started "
                                 "(its sha256 differs); restore it or start a new run in a new --out")
+        self._check_batch_split()
         self._setup_data_and_model(saved)
         self._setup_schedule()
         self._setup_optimizer(saved)
@@ -467,26 +476,31 @@ class _Run:
     # ----- setup
 
     def _setup_data_and_model(self, saved: dict | None) -> None:
+        """Tokenizer, template and data first (bad data fails before a big model loads), then the weights."""
         config = self.config
+        source = str(self.out) if saved is not None else config.model
         if saved is not None:
-            from .loading import load_pretrained
-
             self.tokenizer = Tokenizer.from_pretrained(self.out)
             self.template = PromptTemplate.load(self.out)
-            self.model = load_pretrained(self.out)
         else:
             self.tokenizer = load_tokenizer(config)
             self.template = PromptTemplate.load(config.template) if config.template else PromptTemplate()
-            self.model = load_start_model(config)
-        if self.tokenizer.vocab_size > self.model.config.vocab_size:
+        model_config = start_model_config(source, random_init=config.random_init and saved is None)
+        if self.tokenizer.vocab_size > model_config.vocab_size:
             raise TrainingError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
-                                f"{self.model.config.vocab_size}")
-        self.model.to(self.device).train()
-        max_len = config.max_len or self.model.config.n_positions
-        if max_len > self.model.config.n_positions:
-            raise TrainingError(f"max_len {max_len} exceeds the model's {self.model.config.n_positions} positions")
+                                f"{model_config.vocab_size}")
+        max_len = config.max_len or model_config.n_positions
+        if max_len > model_config.n_positions:
+            raise TrainingError(f"max_len {max_len} exceeds the model's {model_config.n_positions} positions")
         examples, self.report = load_examples(config.data, self.tokenizer, self.template, max_len,
                                               skip_bad=config.skip_bad)
+        if saved is not None:
+            from .loading import load_pretrained
+
+            self.model = load_pretrained(self.out)
+        else:
+            self.model = load_start_model(config, model_config)
+        self.model.to(self.device).train()
         for problem in self.report.skipped[:20]:
             self.log(f"skipped {problem}")
         if len(self.report.skipped) > 20:
@@ -503,7 +517,8 @@ class _Run:
         if self.report.dropped:
             self.log(f"dropped lines: {', '.join(map(str, self.report.dropped[:20]))}")
 
-    def _setup_schedule(self) -> None:
+    def _check_batch_split(self) -> None:
+        """batch_size = processes x accumulation x micro_batch_size, exactly."""
         config, world = self.config, self.dist.world
         if config.batch_size % world:
             raise TrainingError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
@@ -513,6 +528,9 @@ class _Run:
             raise TrainingError(f"batch_size / processes = {per_process} is not a multiple of micro_batch_size "
                                 f"{self.micro}")
         self.accumulation = per_process // self.micro
+
+    def _setup_schedule(self) -> None:
+        config = self.config
         n = len(self.train_set)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * n / config.batch_size))
         self.warmup = config.warmup_steps if config.warmup_steps is not None else int(0.05 * self.total_steps)

@@ -81,3 +81,22 @@ def text_model_dir(tmp_path_factory) -> Path:
     shutil.copy(tokenizer_dir() / "encoder.json", directory / "vocab.json")
     shutil.copy(tokenizer_dir() / "vocab.bpe", directory / "merges.txt")
     return directory
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory) -> Path:
+    from helpers import synthetic_instructions, write_jsonl
+
+    return write_jsonl(tmp_path_factory.mktemp("sftdata") / "train.jsonl", synthetic_instructions(8))
+
+
+@pytest.fixture(scope="session")
+def sft_run(text_model_dir, sft_data, tmp_path_factory):
+    """The tiny text model fine-tuned to overfit 8 synthetic demonstrations: (TrainResult, the trained GPT)."""
+    from minigpt.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("sftrun") / "out"
+    config = TrainConfig(data=str(sft_data), out=str(out), model=str(text_model_dir), eval_fraction=0,
+                         batch_size=8, max_steps=80, lr=3e-3, warmup_steps=5, seed=0)
+    result = train(config, progress=False)
+    return result

@@ -96,3 +96,29 @@ def save_layouts(hf_model, root: Path) -> dict[str, Path]:
     # 5. a single .safetensors file with a sibling config.json
     layouts["single_file"] = hub / "model.safetensors"
     return layouts
+
+
+WORDS = ("apple river stone cloud piano garden silver window rabbit orange candle forest marble tiger "
+         "lemon violin harbor meadow copper falcon").split()
+
+
+def synthetic_instructions(n: int, seed: int = 0) -> list[dict]:
+    """n made-up demonstrations: an instruction naming three words, a response of four other words."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        words = rng.sample(WORDS, 7)
+        records.append({"prompt": f"Task {i}: list words after {' '.join(words[:3])}.",
+                        "response": " ".join(words[3:])})
+    return records
+
+
+def write_jsonl(path: Path, records: list, raw_lines: dict[int, str] | None = None) -> Path:
+    """Write records one per line; raw_lines {line number: text} puts literal (bad) lines at those numbers."""
+    lines = [json.dumps(r) for r in records]
+    for number, text in sorted((raw_lines or {}).items()):
+        lines.insert(number - 1, text)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

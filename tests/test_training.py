@@ -1,0 +1,234 @@
+"""Supervised fine-tuning: schedule, optimizer groups, overfitting, export, exact resume, DDP, bad data."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import REPO_ROOT, synthetic_instructions, write_jsonl
+
+from minigpt import GPT, Tokenizer
+from minigpt.data import DataError, PromptTemplate
+from minigpt.training import (
+    STATE_FILE,
+    TENSOR_STATE_FILE,
+    EpochSampler,
+    TrainConfig,
+    TrainingError,
+    lr_at,
+    micro_batches,
+    param_groups,
+    train,
+)
+
+FINETUNE = str(REPO_ROOT / "scripts" / "finetune.py")
+
+
+def tiny_config(data, out, model_dir, **overrides) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model=str(model_dir), eval_fraction=0.25, batch_size=4,
+                micro_batch_size=2, max_steps=8, lr=2e-3, warmup_steps=2, seed=7)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def tensors(directory) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def max_difference(a: dict, b: dict) -> float:
+    """Largest |a - b| over all weights except the attention key biases.
+
+    The key bias adds q.b_k to every score of a query alike, which softmax ignores: its true gradient is 0
+    and what autograd returns is rounding noise (~1e-10) that differs with the batch split. Adam divides by
+    the noise's own size, so those 64 entries move by +-lr either way; every other weight must agree.
+    """
+    worst = 0.0
+    for key in a:
+        diff = (a[key] - b[key]).abs()
+        if key.endswith("attn.c_attn.bias"):
+            width = diff.shape[0] // 3
+            diff = torch.cat([diff[:width], diff[2 * width:]])  # drop the key part [C:2C]
+        worst = max(worst, float(diff.max()))
+    return worst
+
+
+def run_script(*args, env_extra=None, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [lr_at(s, lr=1.0, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # non-increasing after warmup
+    assert lrs[20] == pytest.approx(0.1) and lrs[12] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_no_weight_decay_on_biases_layernorms_embeddings(tiny_dir):
+    model = GPT.from_pretrained(str(tiny_dir))
+    groups, names = param_groups(model, 0.1)
+    decayed = {n for n, p in model.named_parameters() if any(p is q for q in groups[0]["params"])}
+    assert decayed == {n for n in names if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # every parameter, once
+    assert {"wte.weight", "wpe.weight", "ln_f.weight", "h.0.ln_1.bias", "h.1.attn.c_attn.bias"} <= set(names) - decayed
+
+
+def test_data_order_depends_only_on_the_step():
+    sampler = EpochSampler(10, seed=1)
+    first_epoch = sampler.global_batch(0, 5) + sampler.global_batch(1, 5)
+    assert sorted(first_epoch) == list(range(10))
+    assert EpochSampler(10, seed=1).global_batch(3, 5) == sampler.global_batch(3, 5)
+    assert micro_batches(list(range(8)), rank=1, world=2, micro=2) == [[4, 5], [6, 7]]
+
+
+def test_sft_overfits_and_greedy_reproduces_the_responses(sft_run, sft_data):
+    result = sft_run
+    assert result.train_losses[-1] <= 0.2 * result.train_losses[0], result.train_losses[::10]
+    model = GPT.from_pretrained(str(result.out))
+    tokenizer = Tokenizer.from_pretrained(result.out)
+    template = PromptTemplate.load(result.out)
+    for record in map(json.loads, sft_data.read_text().splitlines()):
+        prompt = torch.tensor([tokenizer.encode(template.render(record["prompt"]))])
+        out = model.generate(prompt, 20, eos_token_id=tokenizer.eos_token_id)[0, prompt.shape[1]:].tolist()
+        assert tokenizer.decode(out[: out.index(tokenizer.eos_token_id)]) == record["response"]
+
+
+def test_checkpoint_reloads_in_minigpt_and_transformers(sft_run, text_model_dir):
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+
+    out = sft_run.out
+    assert {"model.safetensors", "config.json", "vocab.json", "merges.txt", "prompt_template.json"} <= {
+        p.name for p in out.iterdir()}
+    ours = GPT.from_pretrained(str(out))
+    theirs = GPT2LMHeadModel.from_pretrained(str(out)).eval()
+    assert not torch.equal(tensors(out)["transformer.h.0.mlp.c_fc.weight"],
+                           tensors(text_model_dir)["transformer.h.0.mlp.c_fc.weight"])  # it did train
+    ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids).logits).abs().max() <= 1e-5
+    text = "### Instruction:\nHello there\n"
+    assert GPT2TokenizerFast.from_pretrained(str(out))(text)["input_ids"] == Tokenizer.from_pretrained(out).encode(text)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(text_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    straight = train(tiny_config(data, tmp_path / "straight", text_model_dir), progress=False)
+    assert not straight.interrupted and straight.step == 8
+
+    stopped = train(tiny_config(data, tmp_path / "split", text_model_dir), progress=False,
+                    should_stop=lambda step: step == 3)
+    assert stopped.interrupted and stopped.step == 3
+    state = json.loads((tmp_path / "split" / STATE_FILE).read_text())
+    assert state["step"] == 3 and not state["finished"]
+    resumed = train(TrainConfig(data="", out=str(tmp_path / "split")), resume=True, progress=False)
+    assert resumed.step == 8 and not resumed.interrupted
+    assert resumed.train_losses == straight.train_losses[3:]
+    a, b = tensors(tmp_path / "straight"), tensors(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (load_file(str(tmp_path / d / TENSOR_STATE_FILE)) for d in ("straight", "split"))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("optimizer."))
+    assert resumed.evals == straight.evals
+
+
+def test_resume_refuses_changed_settings_or_data_and_keeps_the_checkpoint(text_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    out = tmp_path / "run"
+    train(tiny_config(data, out, text_model_dir), progress=False, should_stop=lambda step: step == 2)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="lr=0.1"):
+        train(TrainConfig(data="", out=str(out)), resume=True, overrides={"lr": 0.1}, progress=False)
+    write_jsonl(data, synthetic_instructions(12), {3: "{broken"})
+    with pytest.raises(TrainingError, match="changed since the run started"):
+        train(TrainConfig(data="", out=str(out)), resume=True, progress=False)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert json.loads((out / STATE_FILE).read_text())["step"] == 2
+
+
+def test_gradient_accumulation_matches_one_big_batch(text_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    big = train(tiny_config(data, tmp_path / "big", text_model_dir, micro_batch_size=4, max_steps=3), progress=False)
+    small = train(tiny_config(data, tmp_path / "small", text_model_dir, micro_batch_size=1, max_steps=3), progress=False)
+    assert small.train_losses == pytest.approx(big.train_losses, rel=1e-5)
+    a, b = tensors(tmp_path / "big"), tensors(tmp_path / "small")
+    assert max_difference(a, b) <= 1e-5
+
+
+def test_two_processes_under_torchrun_match_one(text_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    one = tmp_path / "one"
+    train(tiny_config(data, one, text_model_dir, micro_batch_size=4, max_steps=3), progress=False)
+    two = tmp_path / "two"
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", FINETUNE,
+                        "--data", str(data), "--out", str(two), "--model", str(text_model_dir),
+                        "--eval-fraction", "0.25", "--batch-size", "4", "--micro-batch-size", "1", "--max-steps", "3",
+                        "--lr", "2e-3", "--warmup-steps", "2", "--seed", "7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) x 2 micro-batch(es) x 1" in result.stderr
+    a, b, start = tensors(one), tensors(two), tensors(text_model_dir)
+    assert max_difference(a, b) <= 1e-5
+    assert min((a[k] - start[k]).abs().max() for k in a) > 1e-4  # both moved far more than they differ
+
+
+def test_ctrl_c_writes_a_resumable_checkpoint(text_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, FINETUNE, "--data", str(data), "--out", str(out), "--model", str(text_model_dir),
+            "--batch-size", "2", "--max-steps", "100", "--lr", "1e-3", "--eval-every", "1000"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    lines = []
+    for line in proc.stderr:  # progress lines ("train 5/100 ...") arrive as it trains
+        lines.append(line)
+        if line.startswith("train "):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "--resume" in rest and "Traceback" not in rest
+    state = json.loads((out / STATE_FILE).read_text())
+    assert 0 < state["step"] < 100
+    GPT.from_pretrained(str(out))  # a complete, loadable checkpoint
+    again = run_script(FINETUNE, "--data", str(data), "--out", str(out), "--model", str(text_model_dir))
+    assert again.returncode == 2 and "--resume" in again.stderr  # never restarts over a resumable run
+    resumed = run_script(FINETUNE, "--out", str(out), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / STATE_FILE).read_text())["step"] == 100
+
+
+def test_bad_data_cli_one_line_and_skip(text_model_dir, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", synthetic_instructions(6), {2: "{oops", 4: json.dumps({"prompt": "p"})})
+    out = tmp_path / "run"
+    rejected = run_script(FINETUNE, "--data", str(bad), "--out", str(out), "--model", str(text_model_dir))
+    assert rejected.returncode == 1
+    assert rejected.stderr.count("\n") == 1 and "bad.jsonl:2: invalid JSON" in rejected.stderr
+    assert "bad.jsonl:4: missing field 'response'" in rejected.stderr and not out.exists()
+    skipped = run_script(FINETUNE, "--data", str(bad), "--out", str(out), "--model", str(text_model_dir),
+                         "--skip-bad", "--max-steps", "2", "--batch-size", "2")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped " in skipped.stderr and "bad.jsonl:2: invalid JSON" in skipped.stderr
+    assert "6 examples from 6 records" in skipped.stderr
+    assert json.loads((out / STATE_FILE).read_text())["data_report"]["skipped"][1].endswith(
+        "bad.jsonl:4: missing field 'response'; a record needs 'prompt' and 'response'")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--batch-size", "4", "--micro-batch-size", "3"], "not a multiple of micro_batch_size"),
+    (["--model", "/nonexistent/dir"], "does not exist"),
+    (["--lr", "-1"], "lr must be > 0"),
+    (["--data", "/nonexistent.jsonl"], "data file not found"),
+])
+def test_bad_settings_are_one_line(text_model_dir, tmp_path, sft_data, args, message):
+    base = ["--data", str(sft_data), "--out", str(tmp_path / "o"), "--model", str(text_model_dir)]
+    result = run_script(FINETUNE, *base, *args)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
