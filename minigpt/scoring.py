@@ -3,7 +3,9 @@
 As in transformers' perplexity guide: windows of `window` tokens start every `stride` tokens; each window
 scores only the tokens the previous one did not, so every token after the first is scored exactly once, with
 up to `window - stride` tokens of context before the ones it scores. stride == window is the fast,
-context-poor end; a smaller stride gives each token more context and costs more windows.
+context-poor end; a smaller stride gives each token more context and costs more windows. One difference
+from the guide: stride == window is run as window - 1, because non-overlapping windows leave the first token
+of each window without context, and the guide's recipe then silently skips it; here no token is skipped.
 """
 
 from __future__ import annotations
@@ -40,11 +42,15 @@ class Score:
 
 
 def windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first scored position) of each window over `length` tokens."""
+    """(begin, end, first scored position) of each window over `length` tokens.
+
+    Every position 1..length-1 is scored by exactly one window, with at least one token of context in it.
+    """
     if window < 2:
         raise ValueError(f"window must be >= 2 tokens, got {window}")
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+    stride = min(stride, window - 1)  # windows overlap by >= 1 token: each window's scored tokens have context
     spans, previous_end = [], 0
     for begin in range(0, length, stride):
         end = min(begin + window, length)

@@ -130,3 +130,32 @@ def test_truncate_policy_warns_and_generates(text_model_dir):
     assert result.returncode == 0, result.stderr
     assert "prompt truncated to its last 6 of 21 tokens" in result.stderr
     assert len(json.loads(result.stdout)["samples"][0]["prompt_ids"]) == 6
+
+
+def test_instruct_applies_the_saved_template(sft_run, sft_data):
+    record = json.loads(sft_data.read_text().splitlines()[2])
+    result = run_cli("--model", str(sft_run.out), "--instruct", "--prompt", record["prompt"], "--greedy",
+                     "--max-new-tokens", "20")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == record["response"] + "\n"  # the response only, stopped at <|endoftext|>
+    as_json = run_cli("--model", str(sft_run.out), "--instruct", "--prompt", record["prompt"], "--greedy",
+                      "--max-new-tokens", "20", "--json")
+    [sample] = json.loads(as_json.stdout)["samples"]
+    assert sample["prompt"].startswith("### Instruction:\n" + record["prompt"]) and sample["finish_reason"] == "eos"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "has no prompt_template.json"),
+    (["--template", "/nonexistent.json"], "no prompt template at /nonexistent.json"),
+])
+def test_instruct_without_a_template_is_one_line(text_model_dir, extra, message):
+    result = run_cli("--model", str(text_model_dir), "--instruct", "--prompt", "Say hi", *extra)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+
+
+def test_instruct_with_the_default_template(text_model_dir):
+    result = run_cli("--model", str(text_model_dir), "--instruct", "--prompt", "Say hi", "--template", "default",
+                     "--greedy", "--max-new-tokens", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["samples"][0]["prompt"] == "### Instruction:\nSay hi\n\n### Response:\n"

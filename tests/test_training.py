@@ -232,3 +232,33 @@ def test_bad_settings_are_one_line(text_model_dir, tmp_path, sft_data, args, mes
     result = run_script(FINETUNE, *base, *args)
     assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
+
+
+def test_save_pretrained_is_atomic(tiny_dir, tokenizer, tmp_path):
+    from minigpt.checkpoint import write_atomically
+
+    model = GPT.from_pretrained(str(tiny_dir))
+    out = tmp_path / "saved"
+    model.save_pretrained(str(out), template=PromptTemplate())
+    reloaded = GPT.from_pretrained(str(out))
+    ids = torch.randint(0, 1000, (1, 16))
+    assert torch.equal(reloaded(ids), model(ids))
+    before = sorted(p.name for p in out.iterdir())
+
+    def failing_fill(directory):
+        (directory / "model.safetensors").write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(Exception, match="disk full"):
+        write_atomically(out, failing_fill)
+    assert sorted(p.name for p in out.iterdir()) == before  # the old checkpoint is untouched
+    assert torch.equal(GPT.from_pretrained(str(out))(ids), model(ids))
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temporary directory left behind
+
+
+def test_bf16_autocast_path_trains(text_model_dir, sft_data, tmp_path):
+    """precision=bf16 (autocast; what CUDA runs use by default) on CPU: same losses as fp32 to bf16 accuracy."""
+    fp32 = train(tiny_config(sft_data, tmp_path / "a", text_model_dir, max_steps=2), progress=False)
+    bf16 = train(tiny_config(sft_data, tmp_path / "b", text_model_dir, max_steps=2, precision="bf16"), progress=False)
+    assert bf16.train_losses == pytest.approx(fp32.train_losses, rel=2e-2)
+    assert tensors(tmp_path / "b")["transformer.h.0.mlp.c_fc.weight"].dtype == torch.float32  # fp32 master weights
