@@ -67,10 +67,15 @@ def write_atomically(directory: str | Path, fill: Callable[[Path], None]) -> Pat
 
 
 def _fsync_dir_files(directory: Path) -> None:
+    """Flush every file to disk and give files and directory the usual permissions (mkdtemp makes it 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
     for path in directory.iterdir():
         if path.is_file():
+            os.chmod(path, 0o666 & ~umask)
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+    os.chmod(directory, 0o777 & ~umask)
 
 
 def save_pretrained(

@@ -595,7 +595,7 @@ class _Run:
                 fields = {"loss": f"{loss:.4f}", "lr": f"{self._lr(self.step - 1):.2e}",
                           "tok/s": f"{tokens * self.dist.world / elapsed:,.0f}"}
                 if result.evals:
-                    fields["eval"] = f"{result.evals[-1][1]:.4f}"
+                    fields["eval"] = f"{result.evals[-1][1]:.4f} (step {result.evals[-1][0]})"
                 bar.update(self.step, **fields)
                 wants_stop = stop.requested or (self.should_stop is not None and self.should_stop(self.step))
                 if self._agree(wants_stop) and self.step < self.total_steps:
