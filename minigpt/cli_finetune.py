@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import OneLineParser, UsageError, run_cli
-from .training import STATE_FILE, TrainConfig, train
+from .training import STATE_FILE, TrainConfig, resume, train
 
 EXIT_INTERRUPTED = 130
 
@@ -108,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(out, args.resume)
     settings = explicit_settings(args)
     if args.resume:
-        config = TrainConfig(data=settings.get("data", ""), out=str(out))
-        result = train(config, resume=True, overrides=settings, progress=not args.quiet,
-                       log=(lambda _: None) if args.quiet else log)
+        result = resume(out, overrides=settings, progress=not args.quiet, log=(lambda _: None) if args.quiet else log)
     else:
         if not args.data:
             raise UsageError("--data is required (or --resume to continue a run)")

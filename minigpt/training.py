@@ -222,19 +222,25 @@ class _null_context:
 class StopRequest:
     """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a resumable checkpoint, stop.
 
-    A second Ctrl-C aborts at once (KeyboardInterrupt) without saving.
+    Alone, a second Ctrl-C aborts at once (KeyboardInterrupt) without saving. Under torchrun a second signal is
+    ignored: torchrun forwards the terminal's Ctrl-C to each worker, and a worker that shares the terminal's
+    process group (older torch versions) would count it twice; torchrun's kill timeout is the hard stop there.
     """
 
-    def __init__(self, notify: Callable[[str], None]) -> None:
+    def __init__(self, notify: Callable[[str], None], *, abort_on_second: bool = True) -> None:
         self.requested = False
         self.notify = notify
+        self.abort_on_second = abort_on_second
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.requested:
+            if self.abort_on_second and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        self.notify("stopping after this step and saving a resumable checkpoint (Ctrl-C again aborts without saving)")
+        again = "Ctrl-C again aborts without saving" if self.abort_on_second else "please wait"
+        self.notify(f"stopping after this step and saving a resumable checkpoint ({again})")
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -352,7 +358,7 @@ def read_trainer_state(directory: Path) -> dict:
     return state
 
 
-def resumed_config(saved: dict, given: TrainConfig | None, overrides: dict | None) -> TrainConfig:
+def resumed_config(saved: dict, overrides: dict | None) -> TrainConfig:
     """The interrupted run's settings; `overrides` (what the user passed) must agree except RESUME_MAY_CHANGE."""
     config = TrainConfig.from_json(saved)
     changed = {k: v for k, v in (overrides or {}).items() if k not in RESUME_MAY_CHANGE}
@@ -417,6 +423,11 @@ def load_tokenizer(config: TrainConfig) -> Tokenizer:
     return Tokenizer.from_pretrained(config.model)  # hub id
 
 
+def resume(out: str | Path, *, overrides: dict | None = None, **kwargs) -> TrainResult:
+    """Continue the run checkpointed in `out` with its saved settings (arguments as `train`)."""
+    return train(TrainConfig(data="", out=str(out)), resume=True, overrides=overrides, **kwargs)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -426,7 +437,7 @@ def train(
     log: Callable[[str], None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> TrainResult:
-    """Fine-tune (or, with `resume`, continue the run saved in `config.out`); returns what happened.
+    """Fine-tune (or, with `resume`, continue the run saved in `config.out`, ignoring the rest of `config`).
 
     overrides: on resume, the settings the caller passed explicitly; they must match the saved run.
     should_stop(step): checked after each step; True stops the run and saves it as Ctrl-C does.
@@ -435,7 +446,7 @@ def train(
     saved_state = None
     if resume:
         saved_state = read_trainer_state(out)
-        config = resumed_config(saved_state["config"], config, overrides)
+        config = resumed_config(saved_state["config"], overrides)
     config.check()
     run = _Run(config, out, saved_state, progress=progress, log=log, should_stop=should_stop)
     try:
@@ -582,7 +593,7 @@ class _Run:
                  f"per step = {self.dist.world} process(es) x {self.accumulation} micro-batch(es) x {self.micro}; "
                  f"device {self.device}{', bf16 autocast' if self.autocast else ''}")
         started, tokens = time.perf_counter(), 0
-        with StopRequest(bar.message if self.show else self.log) as stop:
+        with StopRequest(bar.message if self.show else self.log, abort_on_second=self.dist.world == 1) as stop:
             while self.step < self.total_steps:
                 loss, step_tokens = self._train_step()
                 tokens += step_tokens

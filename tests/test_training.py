@@ -25,6 +25,7 @@ from minigpt.training import (
     lr_at,
     micro_batches,
     param_groups,
+    resume,
     train,
 )
 
@@ -129,7 +130,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(text_model_dir, tmp_path):
     assert stopped.interrupted and stopped.step == 3
     state = json.loads((tmp_path / "split" / STATE_FILE).read_text())
     assert state["step"] == 3 and not state["finished"]
-    resumed = train(TrainConfig(data="", out=str(tmp_path / "split")), resume=True, progress=False)
+    resumed = resume(tmp_path / "split", progress=False)
     assert resumed.step == 8 and not resumed.interrupted
     assert resumed.train_losses == straight.train_losses[3:]
     a, b = tensors(tmp_path / "straight"), tensors(tmp_path / "split")
@@ -145,10 +146,10 @@ def test_resume_refuses_changed_settings_or_data_and_keeps_the_checkpoint(text_m
     train(tiny_config(data, out, text_model_dir), progress=False, should_stop=lambda step: step == 2)
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(TrainingError, match="lr=0.1"):
-        train(TrainConfig(data="", out=str(out)), resume=True, overrides={"lr": 0.1}, progress=False)
+        resume(out, overrides={"lr": 0.1}, progress=False)
     write_jsonl(data, synthetic_instructions(12), {3: "{broken"})
     with pytest.raises(TrainingError, match="changed since the run started"):
-        train(TrainConfig(data="", out=str(out)), resume=True, progress=False)
+        resume(out, progress=False)
     assert (out / "model.safetensors").read_bytes() == before
     assert json.loads((out / STATE_FILE).read_text())["step"] == 2
 
@@ -262,3 +263,24 @@ def test_bf16_autocast_path_trains(text_model_dir, sft_data, tmp_path):
     bf16 = train(tiny_config(sft_data, tmp_path / "b", text_model_dir, max_steps=2, precision="bf16"), progress=False)
     assert bf16.train_losses == pytest.approx(fp32.train_losses, rel=2e-2)
     assert tensors(tmp_path / "b")["transformer.h.0.mlp.c_fc.weight"].dtype == torch.float32  # fp32 master weights
+
+
+def test_ctrl_c_under_torchrun_saves_once_all_workers_agree(text_model_dir, tmp_path):
+    """A terminal's Ctrl-C reaches torchrun, which forwards SIGINT to each worker: the workers finish the
+    same step (they agree through an all-reduce) and rank 0 writes the checkpoint."""
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", FINETUNE,
+            "--data", str(data), "--out", str(out), "--model", str(text_model_dir), "--batch-size", "4",
+            "--max-steps", "100", "--eval-every", "1000"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
+    for line in proc.stderr:
+        if line.startswith("train "):
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    proc.communicate(timeout=120)
+    state = json.loads((out / STATE_FILE).read_text())
+    assert 0 < state["step"] < 100 and not state["finished"]
+    GPT.from_pretrained(str(out))
