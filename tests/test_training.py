@@ -284,3 +284,22 @@ def test_ctrl_c_under_torchrun_saves_once_all_workers_agree(text_model_dir, tmp_
     state = json.loads((out / STATE_FILE).read_text())
     assert 0 < state["step"] < 100 and not state["finished"]
     GPT.from_pretrained(str(out))
+
+
+def test_random_init_is_explicit_and_seeded(text_model_dir, sft_data, tmp_path):
+    from helpers import tokenizer_dir
+
+    def run(out, seed):
+        config = TrainConfig(data=str(sft_data), out=str(out), model=str(text_model_dir / "config.json"),
+                             random_init=True, tokenizer=str(tokenizer_dir()), eval_fraction=0, batch_size=4,
+                             max_steps=1, seed=seed)
+        return train(config, progress=False)
+
+    run(tmp_path / "a", 1), run(tmp_path / "b", 1), run(tmp_path / "c", 2)
+    a, b, c = (tensors(tmp_path / d) for d in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["transformer.wpe.weight"], c["transformer.wpe.weight"])
+    loaded = tensors(text_model_dir)
+    assert not torch.allclose(a["transformer.h.0.ln_1.bias"], loaded["transformer.h.0.ln_1.bias"])  # not the checkpoint's
+    with pytest.raises(Exception, match="unknown preset"):
+        train(TrainConfig(data=str(sft_data), out=str(tmp_path / "d"), model="gpt3", random_init=True,
+                          tokenizer=str(tokenizer_dir())), progress=False)
