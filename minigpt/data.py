@@ -163,6 +163,7 @@ class Example:
     line: int
     ids: list[int]
     prompt_len: int
+    truncated: bool = False  # the response was cut to fit the context (and lost its EOS)
 
     @property
     def labels(self) -> list[int]:
@@ -197,8 +198,8 @@ def tokenize_record(record: Record, tokenizer: Tokenizer, template: PromptTempla
     response_ids = tokenizer.encode(record.response) + [tokenizer.eos_token_id]
     if len(prompt_ids) >= max_len:
         return None
-    ids = (prompt_ids + response_ids)[: max_len + 1]
-    return Example(record.line, ids, len(prompt_ids))
+    ids = prompt_ids + response_ids
+    return Example(record.line, ids[: max_len + 1], len(prompt_ids), truncated=len(ids) > max_len + 1)
 
 
 def tokenize_records(
@@ -210,8 +211,7 @@ def tokenize_records(
         if example is None:
             report.dropped.append(record.line)
             continue
-        full = len(tokenizer.encode(record.response)) + 1
-        if len(example.ids) - example.prompt_len < full:
+        if example.truncated:
             report.truncated.append(record.line)
         examples.append(example)
     return examples

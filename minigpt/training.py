@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .checkpoint import save_pretrained
 from .config import GPTConfig
-from .data import IGNORE_INDEX, Batch, DataReport, Example, PromptTemplate, collate, load_examples, split_eval
+from .data import IGNORE_INDEX, DataReport, Example, PromptTemplate, collate, load_examples, split_eval
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
 from .progress import Progress, format_duration

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from safetensors.torch import load_file
 from helpers import REPO_ROOT, synthetic_instructions, write_jsonl
 
 from minigpt import GPT, Tokenizer
-from minigpt.data import DataError, PromptTemplate
+from minigpt.data import PromptTemplate
 from minigpt.training import (
     STATE_FILE,
     TENSOR_STATE_FILE,
