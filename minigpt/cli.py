@@ -168,28 +168,14 @@ def status(message: str) -> None:
 
 
 def load(args: argparse.Namespace, device: torch.device):
-    from pathlib import Path
-
-    from .errors import TokenizerError
     from .loading import load_pretrained
-    from .tokenizer import Tokenizer, find_tokenizer_files
+    from .tokenizer import Tokenizer
 
     status(f"loading {args.model} on {device} ({args.dtype}) ...")
     start = time.perf_counter()
     model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype], config=args.config,
                             compile=args.compile)
-    if args.tokenizer:
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer)
-    else:
-        model_path = Path(args.model).expanduser()
-        local_dir = model_path if model_path.is_dir() else model_path.parent if model_path.is_file() else None
-        if local_dir is not None and find_tokenizer_files(local_dir) is None:
-            if not os.environ.get("MINIGPT_TOKENIZER_DIR"):
-                raise TokenizerError(f"{local_dir} has no tokenizer files; pass --tokenizer DIR "
-                                     "(vocab.json+merges.txt or encoder.json+vocab.bpe)")
-            tokenizer = Tokenizer.from_pretrained()
-        else:
-            tokenizer = Tokenizer.from_pretrained(local_dir or args.model)
+    tokenizer = Tokenizer.for_model(args.model, args.tokenizer)
     status(f"loaded in {time.perf_counter() - start:.1f}s")
     return model, tokenizer
 

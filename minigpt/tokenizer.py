@@ -117,6 +117,26 @@ class Tokenizer:
         for source, name in zip(self.files, FILE_PAIRS[0]):
             shutil.copyfile(source, Path(directory) / name)
 
+    @classmethod
+    def for_model(cls, model: str | Path | None, tokenizer: str | Path | None = None) -> "Tokenizer":
+        """The tokenizer to use with checkpoint `model`: `tokenizer` if given; else the vocab files beside a
+        local checkpoint (or $MINIGPT_TOKENIZER_DIR when it has none); else the hub repo's. model None: the
+        environment directory."""
+        if tokenizer:
+            return cls.from_pretrained(tokenizer)
+        if model is None:
+            return cls.from_pretrained()
+        path = Path(model).expanduser()
+        local = path if path.is_dir() else path.parent if path.is_file() else None
+        if local is None:
+            return cls.from_pretrained(model)  # a hub id
+        if find_tokenizer_files(local) is not None:
+            return cls.from_pretrained(local)
+        if not os.environ.get(ENV_VAR):
+            raise TokenizerError(f"{local} has no tokenizer files; pass --tokenizer DIR "
+                                 "(vocab.json+merges.txt or encoder.json+vocab.bpe)")
+        return cls.from_pretrained()
+
     @property
     def vocab_size(self) -> int:
         return self.encoding.n_vocab

@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,19 +202,11 @@ def evaluate(model: GPT, examples: list[Example], *, batch_size: int, device: to
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = collate(examples[i: i + batch_size], model.config.eos_token_id).to(device)
-        with autocast or _null_context():
+        with autocast or nullcontext():
             total += float(loss_fn(batch.input_ids, batch.targets))
         count += batch.num_targets
     model.train(was_training)
     return total / max(1, count)
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------- stopping on Ctrl-C
@@ -409,20 +402,6 @@ def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
     return GPT(model_config)
 
 
-def load_tokenizer(config: TrainConfig) -> Tokenizer:
-    from .tokenizer import find_tokenizer_files
-
-    if config.tokenizer:
-        return Tokenizer.from_pretrained(config.tokenizer)
-    path = Path(config.model).expanduser()
-    local = path if path.is_dir() else path.parent if path.is_file() else None
-    if local is not None and find_tokenizer_files(local) is not None:
-        return Tokenizer.from_pretrained(local)
-    if local is not None or config.random_init or os.environ.get("MINIGPT_TOKENIZER_DIR"):
-        return Tokenizer.from_pretrained()  # $MINIGPT_TOKENIZER_DIR, or a clear error
-    return Tokenizer.from_pretrained(config.model)  # hub id
-
-
 def resume(out: str | Path, *, overrides: dict | None = None, **kwargs) -> TrainResult:
     """Continue the run checkpointed in `out` with its saved settings (arguments as `train`)."""
     return train(TrainConfig(data="", out=str(out)), resume=True, overrides=overrides, **kwargs)
@@ -494,7 +473,7 @@ class _Run:
             self.tokenizer = Tokenizer.from_pretrained(self.out)
             self.template = PromptTemplate.load(self.out)
         else:
-            self.tokenizer = load_tokenizer(config)
+            self.tokenizer = Tokenizer.for_model(None if config.random_init else config.model, config.tokenizer)
             self.template = PromptTemplate.load(config.template) if config.template else PromptTemplate()
         model_config = start_model_config(source, random_init=config.random_init and saved is None)
         if self.tokenizer.vocab_size > model_config.vocab_size:
@@ -641,7 +620,7 @@ class _Run:
         for i, chunk in enumerate(chunks):
             batch = collate([self.train_set[j] for j in chunk], self.model.config.eos_token_id).to(self.device)
             sync = i == len(chunks) - 1
-            with self._no_sync(sync), self.autocast or _null_context():
+            with self._no_sync(sync), self.autocast or nullcontext():
                 part = self.loss_module(batch.input_ids, batch.targets)
             (part * scale).backward()
             loss_sum += float(part.detach())
@@ -656,7 +635,7 @@ class _Run:
     def _no_sync(self, sync: bool):
         if self.dist.world > 1 and not sync:
             return self.loss_module.no_sync()
-        return _null_context()
+        return nullcontext()
 
     def _agree(self, wants_stop: bool) -> bool:
         """Every process stops at the same step if any of them was asked to."""
