@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from .errors import MiniGPTError
+from .hub import quiet_hub_logs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_cli(parser: argparse.ArgumentParser, command, argv: Sequence[str] | None = None) -> int:
     """Parse, run `command(args)`, and turn every error into one line on stderr and an exit status."""
     args = parser.parse_args(argv)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    quiet_hub_logs()
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
     try:
         return command(args)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .config import GPTConfig
 from .errors import CheckpointError, ConfigError
+from .hub import hub_download, hub_reachable, offline_message
 from .model import GPT
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -174,45 +175,21 @@ def _check_pickle_allowed(path: Path, allow_pickle: bool) -> None:
 
 
 def _resolve_hub(repo_id: str, revision: str | None, override: GPTConfig | None, allow_pickle: bool) -> CheckpointFiles:
-    config = override or _read_config(hub_download(repo_id, "config.json", revision))
-    directory = None
+    """Download (or, when the hub cannot be reached, take from the cache) config and weights of a hub repo."""
+    online = hub_reachable()
+    config = override or _read_config(hub_download(repo_id, "config.json", revision, online=online))
     for filename in (SAFETENSORS_FILE, SAFETENSORS_INDEX) + ((PICKLE_FILES[0],) if allow_pickle else ()):
-        local = hub_download(repo_id, filename, revision, missing_ok=True)
+        local = hub_download(repo_id, filename, revision, online=online, missing_ok=True)
         if local is None:
             continue
-        directory = local.parent
         if filename == SAFETENSORS_INDEX:
             for name in _shard_names(local):
-                hub_download(repo_id, name, revision)
-            return CheckpointFiles(config, _shards_from_index(local), directory)
-        return CheckpointFiles(config, [local], directory)
+                hub_download(repo_id, name, revision, online=online)
+            return CheckpointFiles(config, _shards_from_index(local), local.parent)
+        return CheckpointFiles(config, [local], local.parent)
+    if not online:
+        raise CheckpointError(offline_message(repo_id, SAFETENSORS_FILE))
     raise CheckpointError(f"hub repo {repo_id!r} has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}")
-
-
-def hub_download(repo_id: str, filename: str, revision: str | None, *, missing_ok: bool = False) -> Path | None:
-    """Fetch one file through huggingface_hub (its cache and HF_HUB_OFFLINE apply); errors become one line."""
-    import huggingface_hub
-    from huggingface_hub import errors
-
-    try:
-        return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
-    except errors.LocalEntryNotFoundError:
-        raise CheckpointError(
-            f"cannot fetch {repo_id!r} from the HuggingFace hub: offline or unreachable, and {filename} is not "
-            "in the local cache; pass a local directory or .safetensors file instead (CLI: --model PATH)"
-        ) from None
-    except errors.RemoteEntryNotFoundError:
-        if missing_ok:
-            return None
-        raise CheckpointError(f"hub repo {repo_id!r} has no file {filename!r}") from None
-    except errors.GatedRepoError:
-        raise CheckpointError(f"hub repo {repo_id!r} is gated: log in with `hf auth login` first") from None
-    except errors.RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id!r} is neither a local path nor a repo on the HuggingFace hub") from None
-    except errors.RevisionNotFoundError:
-        raise CheckpointError(f"hub repo {repo_id!r} has no revision {revision!r}") from None
-    except (errors.HFValidationError, OSError) as exc:
-        raise CheckpointError(f"cannot fetch {filename} of {repo_id!r} from the hub: {exc}") from None
 
 
 # --------------------------------------------------------------------------- reading the tensors

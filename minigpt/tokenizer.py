@@ -99,13 +99,15 @@ class Tokenizer:
                 names = " or ".join(" + ".join(pair) for pair in FILE_PAIRS)
                 raise TokenizerError(f"{path}: no tokenizer files ({names})")
             return cls(*found)
-        from .loading import _looks_like_path, hub_download
+        from .hub import hub_download, hub_reachable
+        from .loading import _looks_like_path
 
         if _looks_like_path(str(name_or_path)):
             raise TokenizerError(f"tokenizer path does not exist: {name_or_path}")
+        online = hub_reachable()
         try:
-            vocab = hub_download(str(name_or_path), "vocab.json", revision)
-            merges = hub_download(str(name_or_path), "merges.txt", revision)
+            vocab = hub_download(str(name_or_path), "vocab.json", revision, online=online)
+            merges = hub_download(str(name_or_path), "merges.txt", revision, online=online)
         except CheckpointError as exc:
             raise TokenizerError(str(exc)) from None
         return cls(vocab, merges)

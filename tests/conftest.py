@@ -4,11 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_hf_model, save_layouts, tokenizer_dir
+from helpers import copy_tokenizer_files, locate_tokenizer_files, make_hf_model, save_layouts
 
 from minigpt import GPT, Tokenizer
 
-# Tests never wait on the network: the hub is unreachable on these machines.
+# Tests never wait on the network (the tokenizer lookup below may download 1.5 MB once, in a child process,
+# unless the user had set HF_HUB_OFFLINE themselves).
+USER_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -62,25 +64,33 @@ def gpt2_shape(gpt2_shape_dir) -> GPT:
 
 
 @pytest.fixture(scope="session")
-def tokenizer() -> Tokenizer:
-    directory = tokenizer_dir()
-    if not (directory / "encoder.json").is_file():
-        pytest.fail(f"GPT-2 tokenizer files not found in {directory}; set $MINIGPT_TOKENIZER_DIR")
-    return Tokenizer.from_pretrained(directory)
+def tokenizer_files() -> tuple[Path, Path]:
+    """GPT-2's (vocab, merges) files: $MINIGPT_TOKENIZER_DIR, ../shared, the HF cache, or a download."""
+    try:
+        return locate_tokenizer_files(allow_download=not USER_OFFLINE)
+    except LookupError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
-def text_model_dir(tmp_path_factory) -> Path:
-    """A small random model over GPT-2's real vocabulary, with the tokenizer files beside it (hub names)."""
-    import shutil
+def tokenizer_path(tokenizer_files, tmp_path_factory) -> Path:
+    """A directory holding GPT-2's vocab files under the hub's names."""
+    return copy_tokenizer_files(tokenizer_files, tmp_path_factory.mktemp("gpt2tok"))
 
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_files) -> Tokenizer:
+    return Tokenizer(*tokenizer_files)
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory, tokenizer_files) -> Path:
+    """A small random model over GPT-2's real vocabulary, with the tokenizer files beside it (hub names)."""
     directory = tmp_path_factory.mktemp("textmodel")
     hf = make_hf_model(seed=5, n_layer=2, n_head=4, n_embd=64, n_positions=256, vocab_size=50257,
                        bos_token_id=50256, eos_token_id=50256)
     hf.save_pretrained(directory)
-    shutil.copy(tokenizer_dir() / "encoder.json", directory / "vocab.json")
-    shutil.copy(tokenizer_dir() / "vocab.bpe", directory / "merges.txt")
-    return directory
+    return copy_tokenizer_files(tokenizer_files, directory)
 
 
 @pytest.fixture(scope="session")

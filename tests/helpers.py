@@ -13,9 +13,67 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_ENV = "MINIGPT_TOKENIZER_DIR"
 
 
-def tokenizer_dir() -> Path:
-    """The GPT-2 BPE files: $MINIGPT_TOKENIZER_DIR, else ../shared/gpt2-tokenizer beside the repo."""
-    return Path(os.environ.get(TOKENIZER_ENV) or REPO_ROOT.parent / "shared" / "gpt2-tokenizer")
+SHARED_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
+TOKENIZER_WAYS = (f"set ${TOKENIZER_ENV} to a directory with vocab.json + merges.txt (or encoder.json + vocab.bpe); "
+                  f"or put those files in {SHARED_TOKENIZER}; or have gpt2's vocab.json + merges.txt in the "
+                  "HuggingFace cache (one online run of `minigpt-generate` leaves them there); or run the tests "
+                  "once online, which downloads them (1.5 MB)")
+
+
+def locate_tokenizer_files(*, allow_download: bool) -> tuple[Path, Path]:
+    """GPT-2's BPE files (vocab, merges), looked for in this order: $MINIGPT_TOKENIZER_DIR, ../shared/gpt2-tokenizer
+    beside the repo, the HuggingFace cache (`gpt2`'s vocab.json + merges.txt), and, when `allow_download` and the
+    hub answers, a download of those two files into that cache. LookupError lists the four ways."""
+    from minigpt.tokenizer import find_tokenizer_files
+
+    tried = []
+    for directory in (os.environ.get(TOKENIZER_ENV), SHARED_TOKENIZER):
+        if directory:
+            found = find_tokenizer_files(Path(directory))
+            if found:
+                return found
+            tried.append(str(directory))
+    found = cached_gpt2_vocab()
+    if found is None and allow_download:
+        download_gpt2_vocab()
+        found = cached_gpt2_vocab()
+    if found is not None:
+        return found
+    raise LookupError(f"GPT-2 tokenizer files not found (looked in {', '.join(tried) or 'no directory'}, the "
+                      f"HuggingFace cache{', and the hub' if allow_download else ''}). To run the tests, "
+                      f"{TOKENIZER_WAYS}.")
+
+
+def cached_gpt2_vocab() -> tuple[Path, Path] | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    paths = [try_to_load_from_cache("gpt2", name) for name in ("vocab.json", "merges.txt")]
+    return tuple(Path(p) for p in paths) if all(isinstance(p, str) for p in paths) else None
+
+
+def download_gpt2_vocab() -> None:
+    """Fetch gpt2's vocab.json + merges.txt into the HuggingFace cache if the hub answers (a child process: the
+    suite itself runs with HF_HUB_OFFLINE=1)."""
+    import subprocess
+    import sys
+
+    from minigpt.hub import can_connect, hub_endpoint, probe_address
+
+    if not can_connect(*probe_address(hub_endpoint()), timeout=2.0):
+        return
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    code = "from huggingface_hub import hf_hub_download as d; d('gpt2', 'vocab.json'); d('gpt2', 'merges.txt')"
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
+
+
+def copy_tokenizer_files(files: tuple[Path, Path], directory: Path) -> Path:
+    """Copy GPT-2's vocab files into `directory` under the hub's names (vocab.json, merges.txt)."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(files[0], directory / "vocab.json")
+    shutil.copy(files[1], directory / "merges.txt")
+    return directory
 
 
 def hf_config(**overrides):

@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import tokenizer_dir
-
 from minigpt import GPT, Tokenizer
 
 THE_DOG_GREEDY = [464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688, 290, 2688,
@@ -44,9 +42,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tokenizer_files):
     has_vocab = (REAL / "vocab.json").is_file() and (REAL / "merges.txt").is_file()
-    return Tokenizer.from_pretrained(REAL if has_vocab else tokenizer_dir())
+    return Tokenizer.from_pretrained(REAL) if has_vocab else Tokenizer(*tokenizer_files)
 
 
 def test_parameter_count(model):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import tokenizer_dir
+from helpers import copy_tokenizer_files
 
 from minigpt import Tokenizer, TokenizerError
 
@@ -33,14 +33,10 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer(tmp_path_factory):
+def hf_tokenizer(tokenizer_path):
     from transformers import GPT2TokenizerFast
 
-    # transformers reads the hub names; the shared files are the same data under OpenAI's names.
-    directory = tmp_path_factory.mktemp("hf_tok")
-    shutil.copy(tokenizer_dir() / "encoder.json", directory / "vocab.json")
-    shutil.copy(tokenizer_dir() / "vocab.bpe", directory / "merges.txt")
-    return GPT2TokenizerFast.from_pretrained(str(directory))
+    return GPT2TokenizerFast.from_pretrained(str(tokenizer_path))
 
 
 def test_known_ids(tokenizer):
@@ -83,9 +79,11 @@ def test_round_trip_property(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
-def test_hub_file_names_are_accepted(tmp_path):
-    shutil.copy(tokenizer_dir() / "encoder.json", tmp_path / "vocab.json")
-    shutil.copy(tokenizer_dir() / "vocab.bpe", tmp_path / "merges.txt")
+def test_both_file_name_pairs_are_accepted(tokenizer_files, tmp_path):
+    copy_tokenizer_files(tokenizer_files, tmp_path / "hub")
+    shutil.copy(tokenizer_files[0], tmp_path / "encoder.json")
+    shutil.copy(tokenizer_files[1], tmp_path / "vocab.bpe")
+    assert Tokenizer.from_pretrained(tmp_path / "hub").encode("hello world") == [31373, 995]
     assert Tokenizer.from_pretrained(tmp_path).encode("hello world") == [31373, 995]
 
 
@@ -96,15 +94,15 @@ def test_missing_files(tmp_path):
         Tokenizer.from_pretrained(tmp_path / "nope" / "x")
 
 
-def test_mismatched_merges_are_refused(tmp_path):
-    shutil.copy(tokenizer_dir() / "encoder.json", tmp_path / "vocab.json")
-    lines = (tokenizer_dir() / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+def test_mismatched_merges_are_refused(tokenizer_files, tmp_path):
+    shutil.copy(tokenizer_files[0], tmp_path / "vocab.json")
+    lines = tokenizer_files[1].read_text(encoding="utf-8").splitlines()
     lines[1], lines[2] = lines[2], lines[1]  # swap the first two merges
     (tmp_path / "merges.txt").write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(TokenizerError, match="merge 1 .* does not match vocab.json"):
         Tokenizer.from_pretrained(tmp_path)
 
 
-def test_environment_variable(monkeypatch):
-    monkeypatch.setenv("MINIGPT_TOKENIZER_DIR", str(tokenizer_dir()))
+def test_environment_variable(tokenizer_path, monkeypatch):
+    monkeypatch.setenv("MINIGPT_TOKENIZER_DIR", str(tokenizer_path))
     assert Tokenizer.from_pretrained().encode("The dog") == [464, 3290]

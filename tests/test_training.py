@@ -286,11 +286,9 @@ def test_ctrl_c_under_torchrun_saves_once_all_workers_agree(text_model_dir, tmp_
 
 
 def test_random_init_is_explicit_and_seeded(text_model_dir, sft_data, tmp_path):
-    from helpers import tokenizer_dir
-
     def run(out, seed):
         config = TrainConfig(data=str(sft_data), out=str(out), model=str(text_model_dir / "config.json"),
-                             random_init=True, tokenizer=str(tokenizer_dir()), eval_fraction=0, batch_size=4,
+                             random_init=True, tokenizer=str(text_model_dir), eval_fraction=0, batch_size=4,
                              max_steps=1, seed=seed)
         return train(config, progress=False)
 
@@ -301,4 +299,4 @@ def test_random_init_is_explicit_and_seeded(text_model_dir, sft_data, tmp_path):
     assert not torch.allclose(a["transformer.h.0.ln_1.bias"], loaded["transformer.h.0.ln_1.bias"])  # not the checkpoint's
     with pytest.raises(Exception, match="unknown preset"):
         train(TrainConfig(data=str(sft_data), out=str(tmp_path / "d"), model="gpt3", random_init=True,
-                          tokenizer=str(tokenizer_dir())), progress=False)
+                          tokenizer=str(text_model_dir)), progress=False)
