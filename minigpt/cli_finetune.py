@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import OneLineParser, UsageError, run_cli
-from .training import STATE_FILE, TrainConfig, resume, train
+from .train import STATE_FILE, TrainConfig, resume, train
 
 EXIT_INTERRUPTED = 130
 

@@ -103,7 +103,7 @@ def sft_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sft_run(text_model_dir, sft_data, tmp_path_factory):
     """The tiny text model fine-tuned to overfit 8 synthetic demonstrations: (TrainResult, the trained GPT)."""
-    from minigpt.training import TrainConfig, train
+    from minigpt.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("sftrun") / "out"
     config = TrainConfig(data=str(sft_data), out=str(out), model=str(text_model_dir), eval_fraction=0,

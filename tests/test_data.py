@@ -20,7 +20,7 @@ from minigpt.data import (
     split_eval,
     tokenize_record,
 )
-from minigpt.training import ResponseLoss
+from minigpt.train import ResponseLoss
 
 
 def test_template_renders_both_forms_and_keeps_braces():

@@ -16,7 +16,7 @@ from helpers import REPO_ROOT, synthetic_instructions, write_jsonl
 from minigpt import GPT
 from minigpt.data import PromptTemplate, load_examples
 from minigpt.scoring import score_examples, score_ids, windows
-from minigpt.training import evaluate
+from minigpt.train import evaluate
 
 SCORE = str(REPO_ROOT / "scripts" / "score.py")
 

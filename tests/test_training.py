@@ -15,7 +15,7 @@ from helpers import REPO_ROOT, synthetic_instructions, write_jsonl
 
 from minigpt import GPT, Tokenizer
 from minigpt.data import PromptTemplate
-from minigpt.training import (
+from minigpt.train import (
     STATE_FILE,
     TENSOR_STATE_FILE,
     EpochSampler,

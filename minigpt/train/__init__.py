@@ -1,0 +1,30 @@
+"""Training: one shared loop (`run`) and one small module per objective.
+
+- `minigpt.train.sft`: supervised fine-tuning on demonstrations (InstructGPT step 1);
+- `minigpt.train.reward`: a reward model on preference comparisons (step 2);
+- `minigpt.train.dpo`: direct preference optimisation on the same comparisons.
+"""
+
+from .config import TrainConfig, TrainingError
+from .run import EpochSampler, Objective, TrainResult, lr_at, micro_batches, param_groups, run_training
+from .sft import SFT, ResponseLoss, evaluate, resume, train
+from .state import STATE_FILE, TENSOR_STATE_FILE
+
+__all__ = [
+    "EpochSampler",
+    "Objective",
+    "ResponseLoss",
+    "SFT",
+    "STATE_FILE",
+    "TENSOR_STATE_FILE",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "evaluate",
+    "lr_at",
+    "micro_batches",
+    "param_groups",
+    "resume",
+    "run_training",
+    "train",
+]

@@ -1,0 +1,518 @@
+"""The training loop every objective shares: setup, the step loop, evaluation, checkpoints and exact resume.
+
+An objective (`Objective`: SFT, reward model, DPO, ...) says what its data is, which module it trains, how a
+micro-batch turns into a summed loss, how it evaluates and what it saves. Everything else lives here once:
+
+- one optimizer step sees `batch_size` records (the global batch), split over processes (DDP under torchrun)
+  and micro-batches (gradient accumulation). The loss of a step is the sum of the per-unit losses of the whole
+  global batch divided by the number of units (`Objective.weight`: response tokens for SFT, records for
+  preference objectives), however the batch is split, so one process and several reach the same weights;
+- AdamW (decay only on 2-D projection weights), linear warmup then cosine decay, gradient clipping, bf16
+  autocast on CUDA;
+- the data order is a seeded permutation per epoch that depends only on the step number, so a run resumed
+  from a checkpoint continues exactly (bit-identical on CPU);
+- Ctrl-C / SIGTERM finish the step and save; checkpoints are written atomically (see minigpt.checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..config import GPTConfig
+from ..data import DataReport, PromptTemplate
+from ..model import GPT
+from ..progress import Progress, format_duration
+from ..tokenizer import Tokenizer
+from .config import TrainConfig, TrainingError
+from .env import Distributed, StopRequest, all_reduce_, barrier, close_distributed, init_distributed, pick_device
+from .state import (
+    STATE_FILE,
+    STATE_FORMAT,
+    TENSOR_STATE_FILE,
+    file_sha256,
+    read_tensor_state,
+    read_trainer_state,
+    restore_training_tensors,
+    resumed_config,
+    training_tensors,
+)
+
+OBJECTIVE_PREFIX = "objective."  # an objective's own tensors in training_state.safetensors
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did."""
+
+    out: Path
+    step: int
+    total_steps: int
+    train_losses: list[float] = field(default_factory=list)  # mean loss of each step run here
+    evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss), whole run
+    eval_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, all eval metrics)
+    interrupted: bool = False
+    report: DataReport | None = None
+
+
+# --------------------------------------------------------------------------- optimizer, schedule, sampler
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> tuple[list[dict], list[str]]:
+    """AdamW groups: decay on the 2-D projection weights; none on biases, LayerNorms or embeddings.
+
+    Also returns the parameter names in optimizer order (for saving its state by name).
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        is_embedding = f".{name}".endswith((".wte.weight", ".wpe.weight"))
+        (decay if param.ndim == 2 and not is_embedding else no_decay).append((name, param))
+    groups = [{"params": [p for _, p in decay], "weight_decay": weight_decay},
+              {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
+    return groups, [n for n, _ in decay] + [n for n, _ in no_decay]
+
+
+def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup from 0 over `warmup` steps, then cosine from lr down to lr * min_ratio at `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class EpochSampler:
+    """Record indices of a global batch: a seeded permutation per epoch, walked in order, by step number."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self._perms: dict[int, list[int]] = {}
+
+    def permutation(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=gen).tolist()}
+        return self._perms[epoch]
+
+    def global_batch(self, step: int, size: int) -> list[int]:
+        return [self.permutation(p // self.n)[p % self.n] for p in range(step * size, (step + 1) * size)]
+
+
+def micro_batches(indices: list[int], rank: int, world: int, micro: int) -> list[list[int]]:
+    """This process's share of a global batch, cut into micro-batches."""
+    share = len(indices) // world
+    mine = indices[rank * share: (rank + 1) * share]
+    return [mine[i: i + micro] for i in range(0, len(mine), micro)]
+
+
+# --------------------------------------------------------------------------- the start model
+
+
+def start_model_config(model: str, *, random_init: bool) -> GPTConfig:
+    """The shape of the model training starts from (a checkpoint's config, or a preset / config.json)."""
+    if random_init:
+        path = Path(model)
+        return GPTConfig.from_json(path) if path.suffix == ".json" else GPTConfig.from_preset(model)
+    from ..loading import resolve_checkpoint
+
+    return resolve_checkpoint(model).config
+
+
+def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
+    """The weights training starts from: loaded (never silently random) unless random_init asks for it."""
+    if not config.random_init:
+        from ..loading import load_pretrained
+
+        return load_pretrained(config.model)
+    torch.manual_seed(config.seed)
+    return GPT(model_config)
+
+
+def start_template(config: TrainConfig) -> PromptTemplate:
+    """--template if given; else the start checkpoint's saved template; else the built-in one."""
+    if config.template:
+        return PromptTemplate.load(config.template)
+    from ..data import TEMPLATE_FILE
+
+    start = Path(config.model).expanduser()
+    if not config.random_init and start.is_dir() and (start / TEMPLATE_FILE).is_file():
+        return PromptTemplate.load(start)
+    return PromptTemplate()
+
+
+# --------------------------------------------------------------------------- what an objective provides
+
+
+class Objective:
+    """One training objective: its data, trained module, loss, evaluation and checkpoint files.
+
+    Subclasses set `name` and `config_class` and implement the methods that raise NotImplementedError.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[TrainConfig]] = TrainConfig
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    # data
+    def load_data(self, path: str, tokenizer: Tokenizer, template: PromptTemplate,
+                  max_len: int) -> tuple[list[Any], DataReport]:
+        """Read, check and tokenize a data file; bad lines raise DataError naming FILE:LINE."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Any], pad_id: int) -> Any:
+        """A micro-batch (anything with `.to(device)`) for `loss_module`."""
+        raise NotImplementedError
+
+    def weight(self, item: Any) -> int:
+        """How many units of the step's mean one record contributes (SFT: response tokens; default 1)."""
+        return 1
+
+    def tokens(self, item: Any) -> int:
+        """Input tokens one record costs (for the tokens/s figure)."""
+        raise NotImplementedError
+
+    # the model
+    def load_model(self, source: str, *, resumed: bool, model_config: GPTConfig) -> nn.Module:
+        """The module to train: the start model (resumed=False: `config.model`) or the run's checkpoint."""
+        from ..loading import load_pretrained
+
+        return load_pretrained(source) if resumed else load_start_model(self.config, model_config)
+
+    def lm(self, model: nn.Module) -> GPT:
+        """The GPT-2 inside the trained module."""
+        return model  # type: ignore[return-value]
+
+    def prepare(self, run: "Run") -> None:
+        """Called once the model and data are ready, before the first step (e.g. DPO's reference log-probs)."""
+
+    def loss_module(self, model: nn.Module) -> nn.Module:
+        """A module whose forward(**batch fields) is the micro-batch's summed loss (a scalar); DDP wraps it."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, items: list[Any], *, batch_size: int, device: torch.device,
+                 autocast: torch.autocast | None) -> dict[str, float]:
+        """Eval metrics over `items`; "loss" is the one the progress line and `TrainResult.evals` keep."""
+        raise NotImplementedError
+
+    def progress_fields(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"eval": f"{metrics['loss']:.4f}"}
+
+    def save_model(self, model: nn.Module, directory: Path, *, tokenizer: Tokenizer, template: PromptTemplate,
+                   extra: Callable[[Path], None]) -> None:
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self.lm(model), directory, tokenizer=tokenizer, template=template, extra=extra)
+
+    # state beyond the optimizer (e.g. precomputed reference log-probs), saved for exact resume
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Take back what `state_tensors` saved (called on resume, before `prepare`)."""
+
+
+def batch_fields(batch: Any) -> dict[str, Any]:
+    """A batch dataclass's fields by name, as the loss module's keyword arguments (no copies)."""
+    return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_training(
+    objective_class: type[Objective],
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overrides: dict | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> TrainResult:
+    """Train `objective_class` (or, with `resume`, continue the run saved in `config.out`, ignoring the rest).
+
+    overrides: on resume, the settings the caller passed explicitly; they must match the saved run.
+    should_stop(step): checked after each step; True stops the run and saves it as Ctrl-C does.
+    """
+    out = Path(config.out).expanduser()
+    saved_state = None
+    if resume:
+        saved_state = read_trainer_state(out)
+        saved_objective = saved_state.get("objective", "sft")
+        if saved_objective != objective_class.name:
+            raise TrainingError(f"cannot resume: {out} holds a {saved_objective} run, not a "
+                                f"{objective_class.name} run")
+        config = resumed_config(objective_class.config_class, saved_state["config"], overrides)
+    config.check()
+    run = Run(objective_class(config), out, saved_state, progress=progress, log=log, should_stop=should_stop)
+    try:
+        return run.loop()
+    finally:
+        run.close()
+
+
+class Run:
+    """One training run: setup, the step loop, evaluation and checkpoints, for any objective."""
+
+    def __init__(self, objective: Objective, out: Path, saved: dict | None, *, progress: bool,
+                 log: Callable[[str], None] | None, should_stop: Callable[[int], bool] | None) -> None:
+        self.objective = objective
+        self.config = config = objective.config
+        self.out = out
+        self.should_stop = should_stop
+        self.device_type = "cuda" if config.device.startswith("cuda") or (
+            config.device == "auto" and torch.cuda.is_available()) else "cpu"
+        self.dist: Distributed = init_distributed(self.device_type)
+        self.device = pick_device(config.device, self.dist)
+        self.show = progress and self.dist.main
+        self._log = log or (lambda text: None)
+
+        self.data_sha = file_sha256(config.data) if Path(config.data).is_file() else None
+        if saved is not None and saved.get("data_sha256") != self.data_sha:
+            raise TrainingError(f"cannot resume: {config.data} changed since the run started "
+                                "(its sha256 differs); restore it or start a new run in a new --out")
+        self._check_batch_split()
+        self._setup_data_and_model(saved)
+        self._setup_schedule()
+        self._setup_optimizer(saved)
+        objective.prepare(self)
+        self.loss_module = objective.loss_module(self.model)
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = DistributedDataParallel(self.loss_module, device_ids=ids)
+
+    def log(self, text: str) -> None:
+        if self.dist.main:
+            self._log(text)
+
+    # ----- setup
+
+    def _setup_data_and_model(self, saved: dict | None) -> None:
+        """Tokenizer, template and data first (bad data fails before a big model loads), then the weights."""
+        config, objective = self.config, self.objective
+        resumed = saved is not None
+        if resumed:
+            self.tokenizer = Tokenizer.from_pretrained(self.out)
+            self.template = PromptTemplate.load(self.out)
+        else:
+            self.tokenizer = Tokenizer.for_model(None if config.random_init else config.model, config.tokenizer)
+            self.template = start_template(config)
+        source = str(self.out) if resumed else config.model
+        model_config = start_model_config(source, random_init=config.random_init and not resumed)
+        if self.tokenizer.vocab_size > model_config.vocab_size:
+            raise TrainingError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
+                                f"{model_config.vocab_size}")
+        self.max_len = config.max_len or model_config.n_positions
+        if self.max_len > model_config.n_positions:
+            raise TrainingError(f"max_len {self.max_len} exceeds the model's {model_config.n_positions} positions")
+        items, self.report = objective.load_data(config.data, self.tokenizer, self.template, self.max_len)
+        if config.eval_data:
+            self.train_set = items
+            self.eval_set, _ = objective.load_data(config.eval_data, self.tokenizer, self.template, self.max_len)
+        else:
+            from ..data import split_eval
+
+            self.train_set, self.eval_set = split_eval(items, config.eval_fraction, config.seed)
+        self.model = objective.load_model(source, resumed=resumed, model_config=model_config)
+        self.model.to(self.device).train()
+        for problem in self.report.skipped[:20]:
+            self.log(f"skipped {problem}")
+        if len(self.report.skipped) > 20:
+            self.log(f"skipped {len(self.report.skipped) - 20} more bad lines")
+        self.log(f"data: {self.report.summary()}; {len(self.train_set)} train / {len(self.eval_set)} eval")
+        if self.report.truncated:
+            self.log(f"truncated lines: {', '.join(map(str, self.report.truncated[:20]))}")
+        if self.report.dropped:
+            self.log(f"dropped lines: {', '.join(map(str, self.report.dropped[:20]))}")
+
+    def _check_batch_split(self) -> None:
+        """batch_size = processes x accumulation x micro_batch_size, exactly."""
+        config, world = self.config, self.dist.world
+        if config.batch_size % world:
+            raise TrainingError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
+        per_process = config.batch_size // world
+        self.micro = config.micro_batch_size or per_process
+        if per_process % self.micro:
+            raise TrainingError(f"batch_size / processes = {per_process} is not a multiple of micro_batch_size "
+                                f"{self.micro}")
+        self.accumulation = per_process // self.micro
+
+    def _setup_schedule(self) -> None:
+        config = self.config
+        n = len(self.train_set)
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * n / config.batch_size))
+        self.warmup = config.warmup_steps if config.warmup_steps is not None else int(0.05 * self.total_steps)
+        self.eval_every = config.eval_every or max(1, self.total_steps // 10)
+        self.sampler = EpochSampler(n, config.seed)
+        self.autocast = None
+        use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        if use_bf16:
+            self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _setup_optimizer(self, saved: dict | None) -> None:
+        config = self.config
+        groups, self.param_names = param_groups(self.model, config.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        self.step = 0
+        self.evals: list[tuple[int, float]] = []
+        self.eval_metrics: list[tuple[int, dict[str, float]]] = []
+        if saved is None:
+            return
+        tensors = read_tensor_state(self.out)
+        restore_training_tensors(self.optimizer, self.param_names, tensors, saved["optimizer"],
+                                 self.out / TENSOR_STATE_FILE)
+        self.objective.load_state_tensors({k[len(OBJECTIVE_PREFIX):]: v for k, v in tensors.items()
+                                           if k.startswith(OBJECTIVE_PREFIX)})
+        self.step = saved["step"]
+        self.evals = [tuple(e) for e in saved.get("evals", [])]
+        self.eval_metrics = [(s, m) for s, m in saved.get("eval_metrics", [])]
+        if saved["total_steps"] != self.total_steps:
+            raise TrainingError(f"cannot resume: the run had {saved['total_steps']} steps, these settings give "
+                                f"{self.total_steps}")
+
+    # ----- the loop
+
+    def loop(self) -> TrainResult:
+        config = self.config
+        result = TrainResult(self.out, self.step, self.total_steps, evals=self.evals, eval_metrics=self.eval_metrics,
+                             report=self.report)
+        if self.step == 0 and self.eval_set:
+            self._evaluate(result)
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics[-1][1].items())
+            self.log(f"eval before training: {summary}")
+        bar = Progress(self.total_steps, label="train", enabled=self.show, start=self.step)
+        self.log(f"training {self.total_steps - self.step} steps from step {self.step}: {config.batch_size} records "
+                 f"per step = {self.dist.world} process(es) x {self.accumulation} micro-batch(es) x {self.micro}; "
+                 f"device {self.device}{', bf16 autocast' if self.autocast else ''}")
+        started, tokens = time.perf_counter(), 0
+        with StopRequest(bar.message if self.show else self.log, abort_on_second=self.dist.world == 1) as stop:
+            while self.step < self.total_steps:
+                loss, step_tokens = self._train_step()
+                tokens += step_tokens
+                result.train_losses.append(loss)
+                self.step += 1
+                result.step = self.step
+                if self.eval_set and (self.step % self.eval_every == 0 or self.step == self.total_steps):
+                    self._evaluate(result)
+                elapsed = time.perf_counter() - started
+                fields = {"loss": f"{loss:.4f}", "lr": f"{self._lr(self.step - 1):.2e}",
+                          "tok/s": f"{tokens * self.dist.world / elapsed:,.0f}"}
+                if result.eval_metrics:
+                    at, metrics = result.eval_metrics[-1]
+                    fields.update({k: f"{v} (step {at})" if k == "eval" else v
+                                   for k, v in self.objective.progress_fields(metrics).items()})
+                bar.update(self.step, **fields)
+                wants_stop = stop.requested or (self.should_stop is not None and self.should_stop(self.step))
+                if self._agree(wants_stop) and self.step < self.total_steps:
+                    result.interrupted = True
+                    break
+                if config.save_every and self.step % config.save_every == 0 and self.step < self.total_steps:
+                    self.save(result)
+            bar.close()
+            self.save(result)
+        took = format_duration(time.perf_counter() - started)
+        if result.interrupted:
+            self.log(f"stopped at step {self.step}/{self.total_steps} after {took}; checkpoint in {self.out} "
+                     "(continue with --resume)")
+        else:
+            self.log(f"done: {self.total_steps} steps in {took}; checkpoint in {self.out}")
+        return result
+
+    def _lr(self, step: int) -> float:
+        c = self.config
+        return lr_at(step, lr=c.lr, warmup=self.warmup, total=self.total_steps, min_ratio=c.min_lr_ratio)
+
+    def _train_step(self) -> tuple[float, int]:
+        """One optimizer step over the global batch; returns its mean loss and the input tokens it read here."""
+        lr = self._lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        objective = self.objective
+        indices = self.sampler.global_batch(self.step, self.config.batch_size)
+        global_weight = sum(objective.weight(self.train_set[i]) for i in indices)
+        scale = self.dist.world / global_weight  # DDP averages gradients over processes
+        chunks = micro_batches(indices, self.dist.rank, self.dist.world, self.micro)
+        loss_sum, tokens = 0.0, 0
+        for i, chunk in enumerate(chunks):
+            items = [self.train_set[j] for j in chunk]
+            batch = objective.collate(items, self.pad_id).to(self.device)
+            sync = i == len(chunks) - 1
+            with self._no_sync(sync), self.autocast or nullcontext():
+                part = self.loss_module(**batch_fields(batch))
+            (part * scale).backward()
+            loss_sum += float(part.detach())
+            tokens += sum(objective.tokens(item) for item in items)
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = all_reduce_(torch.tensor([loss_sum], dtype=torch.float64), self.dist)
+        return float(total[0]) / global_weight, tokens
+
+    @property
+    def pad_id(self) -> int:
+        return self.objective.lm(self.model).config.eos_token_id
+
+    def _no_sync(self, sync: bool):
+        if self.dist.world > 1 and not sync:
+            return self.loss_module.no_sync()
+        return nullcontext()
+
+    def _agree(self, wants_stop: bool) -> bool:
+        """Every process stops at the same step if any of them was asked to."""
+        flag = all_reduce_(torch.tensor([float(wants_stop)]), self.dist, op="max")
+        return bool(flag[0] > 0)
+
+    def _evaluate(self, result: TrainResult) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        metrics = self.objective.evaluate(self.model, self.eval_set, batch_size=self.micro, device=self.device,
+                                          autocast=self.autocast)
+        self.model.train(was_training)
+        result.evals.append((self.step, metrics["loss"]))
+        result.eval_metrics.append((self.step, metrics))
+        self.evals, self.eval_metrics = result.evals, result.eval_metrics
+
+    # ----- checkpoints
+
+    def save(self, result: TrainResult) -> None:
+        """Write the model, vocab, template and the training state to `out` (rank 0; atomic)."""
+        if self.dist.main:
+            tensors, optimizer_meta = training_tensors(self.optimizer, self.param_names)
+            tensors.update({OBJECTIVE_PREFIX + k: v.detach().cpu().contiguous()
+                            for k, v in self.objective.state_tensors().items()})
+            state = {
+                "format": STATE_FORMAT, "objective": self.objective.name, "step": self.step,
+                "total_steps": self.total_steps, "finished": self.step >= self.total_steps,
+                "config": self.config.to_json(), "data_sha256": self.data_sha, "evals": result.evals,
+                "eval_metrics": result.eval_metrics, "optimizer": optimizer_meta,
+                "data_report": {"records": self.report.records, "skipped": self.report.skipped,
+                                "truncated": self.report.truncated, "dropped": self.report.dropped},
+            }
+
+            def extra(directory: Path) -> None:
+                from safetensors.torch import save_file
+
+                save_file(tensors, str(directory / TENSOR_STATE_FILE))
+                (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+            self.objective.save_model(self.model, self.out, tokenizer=self.tokenizer, template=self.template,
+                                      extra=extra)
+        barrier(self.dist)
+
+    def close(self) -> None:
+        close_distributed(self.dist)
