@@ -31,8 +31,12 @@ def model_tensors(model: GPT) -> dict:
 
 def write_model_files(model: GPT, directory: Path) -> None:
     """model.safetensors + config.json into an existing directory (not atomic by itself)."""
-    save_file(model_tensors(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+    write_weights_and_config(model_tensors(model), model.config.to_hf_dict(), directory)
+
+
+def write_weights_and_config(tensors: dict, config: dict, directory: Path) -> None:
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def write_atomically(directory: str | Path, fill: Callable[[Path], None]) -> Path:
@@ -87,9 +91,29 @@ def save_pretrained(
     extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `model` (and the tokenizer's files, the prompt template, `extra(dir)`'s files) atomically."""
+    return save_with(lambda tmp: write_model_files(model, tmp), directory, tokenizer=tokenizer, template=template,
+                     extra=extra)
+
+
+def save_reward_model(model, directory: str | Path, *, tokenizer=None, template=None,
+                      extra: Callable[[Path], None] | None = None) -> Path:
+    """Write a `minigpt.RewardModel` as transformers' GPT2ForSequenceClassification (num_labels 1, key
+    `score.weight`, pad_token_id = EOS), atomically, with the tokenizer, template and `extra(dir)`'s files."""
+    tensors = model_tensors(model.transformer)
+    tensors["score.weight"] = model.score.weight.detach().to("cpu").contiguous()
+    config = model.config.to_hf_dict()
+    config.update(architectures=["GPT2ForSequenceClassification"], num_labels=1, id2label={"0": "LABEL_0"},
+                  label2id={"LABEL_0": 0}, pad_token_id=model.config.eos_token_id)
+    return save_with(lambda tmp: write_weights_and_config(tensors, config, tmp), directory, tokenizer=tokenizer,
+                     template=template, extra=extra)
+
+
+def save_with(write_model: Callable[[Path], None], directory: str | Path, *, tokenizer, template,
+              extra: Callable[[Path], None] | None) -> Path:
+    """Atomically: the model files, then the tokenizer's files, the template and `extra(dir)`'s files."""
 
     def fill(tmp: Path) -> None:
-        write_model_files(model, tmp)
+        write_model(tmp)
         if tokenizer is not None:
             tokenizer.save(tmp)
         if template is not None:

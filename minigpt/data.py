@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -115,12 +117,18 @@ def parse_record(obj: object) -> tuple[str, str, str]:
     return values[instruction_key], values[input_key] if input_key else "", values[response_key]
 
 
-def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> tuple[list[Record], list[str]]:
+def demonstration(obj: object, line: int) -> Record:
+    return Record(line, *parse_record(obj))
+
+
+def read_jsonl(path: str | Path, *, skip_bad: bool = False,
+               parse: Callable[[object, int], Any] = demonstration) -> tuple[list[Any], list[str]]:
     """Records of a JSONL file and a list of problems, each "FILE:LINE: what".
 
-    A bad line (invalid JSON, not an object, missing or non-string fields, empty instruction or response) is
-    rejected with every problem listed (DataError), or skipped and reported when `skip_bad`. Blank lines are
-    ignored. Nothing is trained before the whole file has been checked.
+    `parse(json_value, line)` makes one record or raises ValueError saying what is wrong (default: an
+    instruction record). A bad line (invalid JSON, or refused by `parse`: not an object, missing or non-string
+    fields, empty instruction or response, ...) is rejected with every problem listed (DataError), or skipped
+    and reported when `skip_bad`. Blank lines are ignored. Nothing is trained before the whole file is checked.
     """
     path = Path(path)
     try:
@@ -140,11 +148,9 @@ def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> tuple[list[Record
             problems.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
             continue
         try:
-            instruction, input_text, response = parse_record(obj)
+            records.append(parse(obj, number))
         except ValueError as exc:
             problems.append(f"{path}:{number}: {exc}")
-            continue
-        records.append(Record(number, instruction, input_text, response))
     if problems and not skip_bad:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise DataError(f"{len(problems)} bad record(s): {shown} (fix them, or pass --skip-bad to skip them)")
@@ -229,7 +235,7 @@ def load_examples(
     return examples, report
 
 
-def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_eval(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """(train, eval): a seeded random `fraction` of the examples held out (at least one when fraction > 0)."""
     if not 0 <= fraction < 1:
         raise DataError(f"eval fraction must be in [0, 1), got {fraction}")

@@ -24,6 +24,7 @@ from .model import GPT
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SCORE_KEY = "score.weight"  # a reward model's head (GPT2ForSequenceClassification)
 IGNORED_KEY = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
 
 
@@ -66,6 +67,48 @@ def load_pretrained(
 
         compile_decode(model)
     return model
+
+
+def load_reward_model(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+):
+    """Load a reward model saved as transformers' GPT2ForSequenceClassification (`transformer.*` + `score.weight`
+    [1, n_embd]); a checkpoint without `score.weight` is refused (start one with `RewardModel.from_lm`)."""
+    from .reward_model import RewardModel
+
+    files = resolve_checkpoint(name_or_path, revision=revision)
+    if not has_tensor(files, SCORE_KEY):
+        raise CheckpointError(f"{name_or_path}: no {SCORE_KEY}, so not a reward model (a language model? train a "
+                              "reward model from it with minigpt-reward)")
+    with torch.device("meta"):
+        model = RewardModel(files.config)
+    expected = {name: tuple(t.shape) for name, t in model.transformer.state_dict().items()}
+    expected[SCORE_KEY] = (1, files.config.n_embd)
+    state = read_state_dict(files.weights, expected, dtype=dtype or torch.float32,
+                            device=torch.device(device) if device is not None else torch.device("cpu"))
+    state = {(k if k == SCORE_KEY else f"transformer.{k}"): v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def has_tensor(files: CheckpointFiles, key: str) -> bool:
+    """Whether any weight file of the checkpoint holds `key` (with or without a `transformer.` prefix)."""
+    from safetensors import safe_open
+
+    for file in files.weights:
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                if key in handle.keys() or f"transformer.{key}" in handle.keys():
+                    return True
+        except Exception as exc:
+            raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({exc})") from None
+    return False
 
 
 # --------------------------------------------------------------------------- finding the files
@@ -219,6 +262,9 @@ def read_state_dict(
                 state[key] = tensor.to(device=device, dtype=dtype).contiguous()
             origin[key] = file
     where = files[0] if len(files) == 1 else files[0].parent
+    if unexpected == ["score.weight"]:
+        raise CheckpointError(f"{where}: a reward model (GPT2ForSequenceClassification: it has score.weight and no "
+                              "LM head); load it with minigpt.RewardModel.from_pretrained")
     if unexpected:
         raise CheckpointError(f"{where}: unexpected tensors not in GPT-2: {', '.join(sorted(unexpected)[:10])}")
     missing = sorted(set(expected) - set(state))

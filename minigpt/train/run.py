@@ -206,6 +206,9 @@ class Objective:
         """Eval metrics over `items`; "loss" is the one the progress line and `TrainResult.evals` keep."""
         raise NotImplementedError
 
+    def finish(self, run: "Run") -> None:
+        """Called once when the last step is done, before the final save (e.g. reward normalisation)."""
+
     def progress_fields(self, metrics: dict[str, float]) -> dict[str, str]:
         return {"eval": f"{metrics['loss']:.4f}"}
 
@@ -277,6 +280,7 @@ class Run:
         self.dist: Distributed = init_distributed(self.device_type)
         self.device = pick_device(config.device, self.dist)
         self.show = progress and self.dist.main
+        self.resumed = saved is not None
         self._log = log or (lambda text: None)
 
         self.data_sha = file_sha256(config.data) if Path(config.data).is_file() else None
@@ -368,6 +372,7 @@ class Run:
         groups, self.param_names = param_groups(self.model, config.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
         self.step = 0
+        self.finished_before = bool(saved and saved.get("finished"))
         self.evals: list[tuple[int, float]] = []
         self.eval_metrics: list[tuple[int, dict[str, float]]] = []
         if saved is None:
@@ -423,6 +428,8 @@ class Run:
                 if config.save_every and self.step % config.save_every == 0 and self.step < self.total_steps:
                     self.save(result)
             bar.close()
+            if not result.interrupted and not self.finished_before:
+                self.objective.finish(self)
             self.save(result)
         took = format_duration(time.perf_counter() - started)
         if result.interrupted:
