@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Train or evaluate a reward model on preferences (the same as the installed `minigpt-reward`). Run with --help for options."""
+
+import sys
+
+from minigpt.cli_reward import main
+
+if __name__ == "__main__":
+    sys.exit(main())
