@@ -180,3 +180,25 @@ def write_jsonl(path: Path, records: list, raw_lines: dict[int, str] | None = No
         lines.insert(number - 1, text)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+GOOD_WORDS = WORDS[:10]
+BAD_WORDS = WORDS[10:]
+
+
+def synthetic_preferences(n: int, seed: int = 0, *, ranked_every: int = 4) -> list[dict]:
+    """n preference records with a learnable signal: a response of three words from GOOD_WORDS beats one of
+    three words from BAD_WORDS. Every `ranked_every`-th record is a K=3 ranking (good > mixed > bad)."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        prompt = f"Question {rng.randint(0, 999)}: name three things."
+        good, bad = " ".join(rng.sample(GOOD_WORDS, 3)), " ".join(rng.sample(BAD_WORDS, 3))
+        if ranked_every and i % ranked_every == 0:
+            mixed = " ".join(rng.sample(GOOD_WORDS, 2) + rng.sample(BAD_WORDS, 1))
+            records.append({"prompt": prompt, "ranked": [good, mixed, bad]})
+        else:
+            records.append({"prompt": prompt, "chosen": good, "rejected": bad})
+    return records
