@@ -86,8 +86,8 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 def offline_message(repo_id: str, filename: str) -> str:
     why = "HF_HUB_OFFLINE is set" if hub_offline_forced() else f"{hub_endpoint()} cannot be reached"
-    return (f"cannot fetch {repo_id!r} from the HuggingFace hub ({why}) and its {filename} is not in the local "
-            "cache; pass a local directory or .safetensors file instead (CLI: --model PATH)")
+    return (f"cannot fetch {repo_id!r} from the HuggingFace hub: offline ({why}), and its {filename} is not in "
+            "the local cache; pass a local directory or .safetensors file instead (CLI: --model PATH)")
 
 
 def hub_download(
