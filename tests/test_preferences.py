@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from helpers import REPO_ROOT, synthetic_instructions, synthetic_preferences, write_jsonl
 
-from minigpt import GPT, RewardModel, Tokenizer
+from minigpt import GPT, RewardModel
 from minigpt.data import DataError, PromptTemplate
 from minigpt.train import STATE_FILE, DPOConfig, RewardConfig, train_dpo, train_reward_model
 from minigpt.train.dpo import DPOLoss, dpo_pair_losses, sequence_logps

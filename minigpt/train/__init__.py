@@ -8,7 +8,8 @@
 from .config import TrainConfig, TrainingError
 from .dpo import DPO, DPOConfig, train_dpo
 from .reward import Reward, RewardConfig, train_reward_model
-from .run import EpochSampler, Objective, TrainResult, lr_at, micro_batches, param_groups, run_training
+from .optim import EpochSampler, lr_at, micro_batches, param_groups
+from .run import Objective, TrainResult, run_training
 from .sft import SFT, ResponseLoss, evaluate, resume, train
 from .state import STATE_FILE, TENSOR_STATE_FILE
 
