@@ -47,23 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Accuracy, mean margin and per-record rewards of a saved reward model on --eval-data."""
-    from .data import PromptTemplate, TEMPLATE_FILE
+    from .data import PromptTemplate
     from .reward_model import RewardModel
     from .tokenizer import Tokenizer
     from .train.preferences import load_preferences
     from .train.reward import score_preferences
-    from pathlib import Path
 
     if not args.model or not args.eval_data:
         raise UsageError("evaluating needs --model RM_DIR and --eval-data FILE (to train, pass --data and --out)")
     tokenizer = Tokenizer.for_model(args.model, args.tokenizer)
-    model_dir = Path(args.model).expanduser()
-    if args.template:
-        template = PromptTemplate.load(args.template)
-    elif model_dir.is_dir() and (model_dir / TEMPLATE_FILE).is_file():
-        template = PromptTemplate.load(model_dir)
-    else:
-        template = PromptTemplate()
+    template = PromptTemplate.for_model(args.model, args.template)
     model = RewardModel.from_pretrained(args.model)
     max_len = args.max_len or model.config.n_positions
     examples, report = load_preferences(args.eval_data, tokenizer, template, max_len - 1, skip_bad=bool(args.skip_bad))

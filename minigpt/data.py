@@ -58,6 +58,16 @@ class PromptTemplate:
         (Path(directory) / TEMPLATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
+    def for_model(cls, model: str | Path | None, template: str | Path | None = None) -> "PromptTemplate":
+        """`template` if given; else the checkpoint directory `model`'s saved template; else the built-in one."""
+        if template:
+            return cls.load(template)
+        directory = Path(model).expanduser() if model is not None else None
+        if directory is not None and directory.is_dir() and (directory / TEMPLATE_FILE).is_file():
+            return cls.load(directory)
+        return cls()
+
+    @classmethod
     def load(cls, path: str | Path) -> "PromptTemplate":
         """From a template JSON file, or a checkpoint directory holding `prompt_template.json`."""
         path = Path(path)

@@ -127,11 +127,9 @@ def quiet_hub_logs() -> None:
 
     Its library logger is configured when huggingface_hub is first imported, so set the level after that.
     """
-    import logging
     import warnings
 
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"huggingface_hub(\..*)?$")

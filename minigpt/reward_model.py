@@ -33,10 +33,11 @@ def reward_positions(input_ids: Tensor, pad_id: int, attention_mask: Tensor | No
 class RewardModel(nn.Module):
     """`rm(input_ids, attention_mask=None)` -> rewards [B], one scalar per row."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, transformer: GPT | None = None) -> None:
         super().__init__()
-        self.transformer = GPT(config)
-        self.score = nn.Linear(config.n_embd, 1, bias=False)
+        self.transformer = transformer if transformer is not None else GPT(config)
+        self.score = nn.Linear(config.n_embd, 1, bias=False, device=self.transformer.device,
+                               dtype=self.transformer.dtype)
 
     @property
     def config(self) -> GPTConfig:
@@ -46,10 +47,7 @@ class RewardModel(nn.Module):
     def from_lm(cls, lm: GPT, *, seed: int = 0) -> "RewardModel":
         """A reward model on `lm`'s body (weights shared, not copied) with a new head drawn from
         N(0, 1/(n_embd + 1)) (the initialisation of OpenAI's lm-human-preferences), seeded."""
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model.transformer = lm
-        model.score = nn.Linear(lm.config.n_embd, 1, bias=False, device=lm.device, dtype=lm.dtype)
+        model = cls(lm.config, lm)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             head = torch.randn(1, lm.config.n_embd, generator=gen) / math.sqrt(lm.config.n_embd + 1)

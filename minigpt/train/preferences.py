@@ -167,14 +167,19 @@ class PreferenceBatch:
         return PreferenceBatch(**moved)
 
 
+def pad_rows(rows: list[list[int]], pad_id: int) -> Tensor:
+    """Token rows right-padded with `pad_id` to the longest: [len(rows), max length]."""
+    out = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
 def collate_preferences(examples: list[PreferenceExample], pad_id: int) -> PreferenceBatch:
     """Rows = responses in record order (best first); pairs (i, j), i ranked above j, within each record."""
     rows = [response for example in examples for response in example.responses]
     lm = collate(rows, pad_id)
-    width = max(len(r.ids) for r in rows)
-    reward_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        reward_ids[i, : len(row.ids)] = torch.tensor(row.ids)
+    reward_ids = pad_rows([row.ids for row in rows], pad_id)
     better, worse, pair_record, row_record = [], [], [], []
     start = 0
     for record, example in enumerate(examples):

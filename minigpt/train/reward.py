@@ -23,7 +23,14 @@ from ..data import PromptTemplate, load_examples
 from ..model import GPT
 from ..reward_model import RewardModel
 from .config import TrainConfig, TrainingError
-from .preferences import PreferenceBatch, PreferenceExample, collate_preferences, load_preferences, per_record_mean
+from .preferences import (
+    PreferenceBatch,
+    PreferenceExample,
+    collate_preferences,
+    load_preferences,
+    pad_rows,
+    per_record_mean,
+)
 from .run import Objective, Run, TrainResult, load_start_model, run_training
 
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -105,10 +112,7 @@ def demonstration_rewards(model: RewardModel, path: str, tokenizer, template: Pr
     pad = model.config.eos_token_id
     rewards: list[float] = []
     for i in range(0, len(examples), batch_size):
-        chunk = examples[i: i + batch_size]
-        ids = torch.full((len(chunk), max(len(e.ids) for e in chunk)), pad, dtype=torch.long)
-        for row, example in enumerate(chunk):
-            ids[row, : len(example.ids)] = torch.tensor(example.ids)
+        ids = pad_rows([e.ids for e in examples[i: i + batch_size]], pad)
         rewards += model(ids.to(model.transformer.device)).tolist()
     return rewards
 

@@ -89,18 +89,6 @@ def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
     return GPT(model_config)
 
 
-def start_template(config: TrainConfig) -> PromptTemplate:
-    """--template if given; else the start checkpoint's saved template; else the built-in one."""
-    if config.template:
-        return PromptTemplate.load(config.template)
-    from ..data import TEMPLATE_FILE
-
-    start = Path(config.model).expanduser()
-    if not config.random_init and start.is_dir() and (start / TEMPLATE_FILE).is_file():
-        return PromptTemplate.load(start)
-    return PromptTemplate()
-
-
 # --------------------------------------------------------------------------- what an objective provides
 
 
@@ -265,7 +253,7 @@ class Run:
             self.template = PromptTemplate.load(self.out)
         else:
             self.tokenizer = Tokenizer.for_model(None if config.random_init else config.model, config.tokenizer)
-            self.template = start_template(config)
+            self.template = PromptTemplate.for_model(None if config.random_init else config.model, config.template)
         source = str(self.out) if resumed else config.model
         model_config = start_model_config(source, random_init=config.random_init and not resumed)
         if self.tokenizer.vocab_size > model_config.vocab_size:
