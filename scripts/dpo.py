@@ -3,7 +3,7 @@
 
 import sys
 
-from minigpt.cli_dpo import main
+from minigpt.cli.dpo import main
 
 if __name__ == "__main__":
     sys.exit(main())

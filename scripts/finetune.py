@@ -3,7 +3,7 @@
 
 import sys
 
-from minigpt.cli_finetune import main
+from minigpt.cli.finetune import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from minigpt.cli import main
+from minigpt.cli.generate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from minigpt.cli_reward import main
+from minigpt.cli.reward import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from minigpt.cli_score import main
+from minigpt.cli.score import main
 
 if __name__ == "__main__":
     sys.exit(main())

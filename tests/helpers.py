@@ -10,6 +10,17 @@ import torch
 from safetensors.torch import save_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args, env_extra: dict | None = None, timeout: int = 300):
+    """Run `python ARGS...` as a user would (offline, one thread, no MINIGPT_DEBUG); the CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env.pop("MINIGPT_DEBUG", None)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 TOKENIZER_ENV = "MINIGPT_TOKENIZER_DIR"
 
 

@@ -3,14 +3,12 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, synthetic_instructions, synthetic_preferences, write_jsonl
+from helpers import REPO_ROOT, run_script, synthetic_instructions, synthetic_preferences, write_jsonl
 
 from minigpt import GPT, RewardModel
 from minigpt.data import DataError, PromptTemplate
@@ -21,13 +19,6 @@ from minigpt.train.reward import ranking_loss
 
 REWARD = str(REPO_ROOT / "scripts" / "reward.py")
 DPO_SCRIPT = str(REPO_ROOT / "scripts" / "dpo.py")
-
-
-def run_script(*args, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("MINIGPT_DEBUG", None)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, synthetic_instructions, write_jsonl
+from helpers import REPO_ROOT, run_script, synthetic_instructions, write_jsonl
 
 from minigpt import GPT, Tokenizer
 from minigpt.data import PromptTemplate
@@ -57,12 +57,6 @@ def max_difference(a: dict, b: dict) -> float:
             diff = torch.cat([diff[:width], diff[2 * width:]])  # drop the key part [C:2C]
         worst = max(worst, float(diff.max()))
     return worst
-
-
-def run_script(*args, env_extra=None, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():

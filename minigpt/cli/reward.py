@@ -11,9 +11,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .cli import OneLineParser, UsageError, run_cli
-from .cli_train import add_training_arguments, run_trainer
-from .train import RewardConfig, train_reward_model
+from .common import OneLineParser, UsageError, run_cli
+from .trainer import add_training_arguments, run_trainer
+from ..train import RewardConfig, train_reward_model
 
 DATA_FORMATS = ("data: JSONL, one record per line: {\"prompt\", \"chosen\", \"rejected\"} (optional \"margin\"), "
                 "{\"prompt\", \"ranked\": [best, ..., worst]}, or HH-RLHF's {\"chosen\", \"rejected\"} with the "
@@ -47,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Accuracy, mean margin and per-record rewards of a saved reward model on --eval-data."""
-    from .data import PromptTemplate
-    from .reward_model import RewardModel
-    from .tokenizer import Tokenizer
-    from .train.preferences import load_preferences
-    from .train.reward import score_preferences
+    from ..data import PromptTemplate
+    from ..reward_model import RewardModel
+    from ..tokenizer import Tokenizer
+    from ..train.preferences import load_preferences
+    from ..train.reward import score_preferences
 
     if not args.model or not args.eval_data:
         raise UsageError("evaluating needs --model RM_DIR and --eval-data FILE (to train, pass --data and --out)")

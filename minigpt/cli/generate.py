@@ -7,30 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 
 import torch
 
-from .errors import MiniGPTError
-from .hub import quiet_hub_logs
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-EXIT_ERROR, EXIT_USAGE = 1, 2
-
-
-class UsageError(MiniGPTError):
-    """A bad command-line argument."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+from .common import DTYPES, OneLineParser, UsageError, pick_device, run_cli, status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +97,7 @@ def instruct_prompt(args: argparse.Namespace, instruction: str) -> str:
     """The templated prompt for --instruct: the model's saved template (or --template)."""
     from pathlib import Path
 
-    from .data import TEMPLATE_FILE, DataError, PromptTemplate
+    from ..data import TEMPLATE_FILE, DataError, PromptTemplate
 
     if not instruction.strip():
         raise UsageError("--instruct needs a non-empty instruction (--prompt, --prompt-file or stdin)")
@@ -135,20 +118,6 @@ def instruct_prompt(args: argparse.Namespace, instruction: str) -> str:
     return template.render(instruction.strip(), args.instruct_input.strip())
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but CUDA is not available on this machine (try --device cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps asked for, but MPS is not available on this machine (try --device cpu)")
-    return torch.device(name)
-
-
 def read_prompt(args: argparse.Namespace) -> str:
     if args.prompt_file is not None:
         try:
@@ -161,15 +130,9 @@ def read_prompt(args: argparse.Namespace) -> str:
     return args.prompt or ""
 
 
-def status(message: str) -> None:
-    """Progress on stderr, only for a person watching (errors stay one line when piped)."""
-    if sys.stderr.isatty():
-        print(message, file=sys.stderr, flush=True)
-
-
 def load(args: argparse.Namespace, device: torch.device):
-    from .loading import load_pretrained
-    from .tokenizer import Tokenizer
+    from ..loading import load_pretrained
+    from ..tokenizer import Tokenizer
 
     status(f"loading {args.model} on {device} ({args.dtype}) ...")
     start = time.perf_counter()
@@ -181,8 +144,8 @@ def load(args: argparse.Namespace, device: torch.device):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .sampling import SamplingParams
-    from .text import stream_completions
+    from ..sampling import SamplingParams
+    from ..text import stream_completions
 
     check_args(args)
     device = pick_device(args.device)
@@ -230,26 +193,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(build_parser(), run, argv)
-
-
-def run_cli(parser: argparse.ArgumentParser, command, argv: Sequence[str] | None = None) -> int:
-    """Parse, run `command(args)`, and turn every error into one line on stderr and an exit status."""
-    args = parser.parse_args(argv)
-    quiet_hub_logs()
-    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
-    try:
-        return command(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except MiniGPTError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
-    except Exception as exc:  # a bug: still one line, with a way to see more
-        if os.environ.get("MINIGPT_DEBUG"):
-            raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (set MINIGPT_DEBUG=1 for a traceback)", file=sys.stderr)
-        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli import UsageError
-from .train import STATE_FILE, TrainConfig, TrainResult
+from .common import UsageError
+from ..train import STATE_FILE, TrainConfig, TrainResult
 
 EXIT_INTERRUPTED = 130
 
@@ -49,10 +49,15 @@ def with_default(text: str, config_class: type[TrainConfig], name: str) -> str:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[TrainConfig], *,
-                           data_help: str, out_required: bool = True) -> None:
-    """The flags every trainer takes: data and checkpoints, the start model, optimization, running."""
+                           data_help: str, out_required: bool = True, data_flag: str = "--data",
+                           help_overrides: dict[str, str] | None = None) -> None:
+    """The flags every trainer takes: data and checkpoints, the start model, optimization, running.
+    `data_flag` names the training-data flag (PPO: --prompts; --data is accepted too); `help_overrides` replaces
+    the help of optimization flags by config field name."""
     io = parser.add_argument_group("data and checkpoints")
-    io.add_argument("--data", help=f"{data_help} (required unless --resume)")
+    flags = [data_flag] + (["--data"] if data_flag != "--data" else [])
+    io.add_argument(*flags, dest="data", help=f"{data_help} (required unless --resume)")
+    parser.set_defaults(data_flag=data_flag)
     io.add_argument("--eval-data", help="a separate evaluation JSONL file (default: hold out --eval-fraction)")
     io.add_argument("--out", required=out_required, help="checkpoint directory, replaced atomically at each save")
     io.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out, with its "
@@ -70,6 +75,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[T
                        "prompt_template.json, else minigpt's built-in template)")
     opt = parser.add_argument_group("optimization")
     for flag, name, kind, text in OPTIMIZATION:
+        text = (help_overrides or {}).get(name, text)
         opt.add_argument(flag, dest=name, type=kind, help=with_default(text, config_class, name))
     run = parser.add_argument_group("running")
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -113,7 +119,7 @@ def run_trainer(args: argparse.Namespace, train: Callable[..., TrainResult], con
         result = train(placeholder, resume=True, overrides=settings, progress=not args.quiet, log=logger)
     else:
         if not args.data:
-            raise UsageError("--data is required (or --resume to continue a run)")
+            raise UsageError(f"{args.data_flag} is required (or --resume to continue a run)")
         result = train(config_class(out=str(out), **settings), progress=not args.quiet, log=logger)
     if result.interrupted:
         print(f"interrupted: resume with: {command} --out {out} --resume", file=sys.stderr)

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import DTYPES, OneLineParser, UsageError, load, pick_device, run_cli
-from .progress import Progress
+from .common import DTYPES, OneLineParser, UsageError, pick_device, run_cli
+from .generate import load
+from ..progress import Progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +68,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def template_for(args: argparse.Namespace):
-    from .data import TEMPLATE_FILE, PromptTemplate
+    from ..data import TEMPLATE_FILE, PromptTemplate
 
     if args.template:
         return PromptTemplate.load(args.template), args.template
@@ -78,7 +79,7 @@ def template_for(args: argparse.Namespace):
 
 
 def score_text_file(args: argparse.Namespace, model, tokenizer):
-    from .scoring import score_ids
+    from ..scoring import score_ids
 
     try:
         text = Path(args.text).read_text(encoding="utf-8")
@@ -105,8 +106,8 @@ def score_text_file(args: argparse.Namespace, model, tokenizer):
 
 
 def score_data_file(args: argparse.Namespace, model, tokenizer):
-    from .data import load_examples
-    from .scoring import score_examples
+    from ..data import load_examples
+    from ..scoring import score_examples
 
     template, template_source = template_for(args)
     examples, report = load_examples(args.data, tokenizer, template, model.config.n_positions, skip_bad=args.skip_bad)
