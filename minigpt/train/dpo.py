@@ -32,7 +32,7 @@ from .preferences import (
     per_record_mean,
     with_ref_logps,
 )
-from .run import Objective, Run, TrainResult, load_start_model, run_training, start_model_config
+from .run import Objective, Run, TrainResult, frozen_start_model, run_training
 
 LOSSES = ("sigmoid", "ipo")
 
@@ -133,7 +133,7 @@ class DPO(Objective):
     def prepare(self, run: Run) -> None:
         """Reference log-probs of every train and eval response, once (or the frozen reference model)."""
         if not self.config.precompute_ref:
-            self.reference = self._load_reference(run)
+            self.reference = frozen_start_model(self.config, run.device)
             return
         for name in ("train", "eval"):
             items = getattr(run, f"{name}_set")
@@ -154,11 +154,6 @@ class DPO(Objective):
             if start != len(flat):
                 raise TrainingError(f"cannot resume: the saved reference log-probs do not match the {name} data")
             setattr(run, f"{name}_set", attached)
-
-    def _load_reference(self, run: Run) -> GPT:
-        model_config = start_model_config(self.config.model, random_init=self.config.random_init)
-        reference = load_start_model(self.config, model_config).to(run.device).eval()
-        return reference.requires_grad_(False)
 
     @staticmethod
     @torch.no_grad()

@@ -42,6 +42,7 @@ from .state import (
     STATE_FORMAT,
     TENSOR_STATE_FILE,
     file_sha256,
+    read_step_log,
     read_tensor_state,
     read_trainer_state,
     restore_training_tensors,
@@ -50,6 +51,16 @@ from .state import (
 )
 
 OBJECTIVE_PREFIX = "objective."  # an objective's own tensors in training_state.safetensors
+LOG_FILE = "train_log.jsonl"  # one JSON line per step (loss, lr, the objective's step statistics), in each checkpoint
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step (or one PPO iteration) did."""
+
+    loss: float  # the step's mean loss
+    tokens: int  # input tokens processed here (for tokens/s)
+    stats: dict[str, float] = field(default_factory=dict)  # the objective's own numbers (logged; see step_fields)
 
 
 @dataclass
@@ -89,6 +100,12 @@ def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
     return GPT(model_config)
 
 
+def frozen_start_model(config: TrainConfig, device: torch.device) -> GPT:
+    """The start model again, frozen (eval mode, no gradients): the reference policy of DPO and PPO."""
+    model_config = start_model_config(config.model, random_init=config.random_init)
+    return load_start_model(config, model_config).to(device).eval().requires_grad_(False)
+
+
 # --------------------------------------------------------------------------- what an objective provides
 
 
@@ -100,6 +117,7 @@ class Objective:
 
     name: ClassVar[str]
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
+    main_metric: ClassVar[str] = "loss"  # the eval metric TrainResult.evals keeps
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -140,6 +158,15 @@ class Objective:
         """A module whose forward(**batch fields) is the micro-batch's summed loss (a scalar); DDP wraps it."""
         raise NotImplementedError
 
+    def train_step(self, run: "Run") -> StepResult:
+        """One step of training: by default one optimizer step over the step's global batch of records
+        (`Run.supervised_step`); PPO overrides it with rollouts and several optimizer steps."""
+        return run.supervised_step()
+
+    def step_fields(self, stats: dict[str, float]) -> dict[str, str]:
+        """Progress-line fields from a step's `StepResult.stats`."""
+        return {}
+
     def evaluate(self, model: nn.Module, items: list[Any], *, batch_size: int, device: torch.device,
                  autocast: torch.autocast | None) -> dict[str, float]:
         """Eval metrics over `items`; "loss" is the one the progress line and `TrainResult.evals` keep."""
@@ -149,6 +176,7 @@ class Objective:
         """Called once when the last step is done, before the final save (e.g. reward normalisation)."""
 
     def progress_fields(self, metrics: dict[str, float]) -> dict[str, str]:
+        """Progress-line fields from the latest eval metrics."""
         return {"eval": f"{metrics['loss']:.4f}"}
 
     def save_model(self, model: nn.Module, directory: Path, *, tokenizer: Tokenizer, template: PromptTemplate,
@@ -314,6 +342,7 @@ class Run:
         self.finished_before = bool(saved and saved.get("finished"))
         self.evals: list[tuple[int, float]] = []
         self.eval_metrics: list[tuple[int, dict[str, float]]] = []
+        self.history: list[dict] = []  # one entry per step: LOG_FILE
         if saved is None:
             return
         tensors = read_tensor_state(self.out)
@@ -322,6 +351,7 @@ class Run:
         self.objective.load_state_tensors({k[len(OBJECTIVE_PREFIX):]: v for k, v in tensors.items()
                                            if k.startswith(OBJECTIVE_PREFIX)})
         self.step = saved["step"]
+        self.history = read_step_log(self.out / LOG_FILE, self.step)
         self.evals = [tuple(e) for e in saved.get("evals", [])]
         self.eval_metrics = [(s, m) for s, m in saved.get("eval_metrics", [])]
         if saved["total_steps"] != self.total_steps:
@@ -345,15 +375,20 @@ class Run:
         started, tokens = time.perf_counter(), 0
         with StopRequest(bar.message if self.show else self.log, abort_on_second=self.dist.world == 1) as stop:
             while self.step < self.total_steps:
-                loss, step_tokens = self._train_step()
-                tokens += step_tokens
-                result.train_losses.append(loss)
+                lr = self._lr(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                done = self.objective.train_step(self)
+                tokens += done.tokens
+                result.train_losses.append(done.loss)
                 self.step += 1
                 result.step = self.step
+                self.history.append({"step": self.step, "loss": done.loss, "lr": lr, **done.stats})
                 if self.eval_set and (self.step % self.eval_every == 0 or self.step == self.total_steps):
                     self._evaluate(result)
                 elapsed = time.perf_counter() - started
-                fields = {"loss": f"{loss:.4f}", "lr": f"{self._lr(self.step - 1):.2e}",
+                fields = {"loss": f"{done.loss:.4f}", "lr": f"{lr:.2e}",
+                          **self.objective.step_fields(done.stats),
                           "tok/s": f"{tokens * self.dist.world / elapsed:,.0f}"}
                 if result.eval_metrics:
                     at, metrics = result.eval_metrics[-1]
@@ -382,11 +417,8 @@ class Run:
         c = self.config
         return lr_at(step, lr=c.lr, warmup=self.warmup, total=self.total_steps, min_ratio=c.min_lr_ratio)
 
-    def _train_step(self) -> tuple[float, int]:
-        """One optimizer step over the global batch; returns its mean loss and the input tokens it read here."""
-        lr = self._lr(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def supervised_step(self) -> StepResult:
+        """One optimizer step over the step's global batch of records; its mean loss and the tokens read here."""
         objective = self.objective
         indices = self.sampler.global_batch(self.step, self.config.batch_size)
         global_weight = sum(objective.weight(self.train_set[i]) for i in indices)
@@ -396,25 +428,29 @@ class Run:
         for i, chunk in enumerate(chunks):
             items = [self.train_set[j] for j in chunk]
             batch = objective.collate(items, self.pad_id).to(self.device)
-            sync = i == len(chunks) - 1
-            with self._no_sync(sync), self.autocast or nullcontext():
+            with self.no_sync(i < len(chunks) - 1), self.autocast or nullcontext():
                 part = self.loss_module(**batch_fields(batch))
             (part * scale).backward()
             loss_sum += float(part.detach())
             tokens += sum(objective.tokens(item) for item in items)
+        self.optimizer_step()
+        total = all_reduce_(torch.tensor([loss_sum], dtype=torch.float64), self.dist)
+        return StepResult(float(total[0]) / global_weight, tokens)
+
+    def optimizer_step(self) -> None:
+        """Clip the gradient norm (if set), step AdamW, clear the gradients."""
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        total = all_reduce_(torch.tensor([loss_sum], dtype=torch.float64), self.dist)
-        return float(total[0]) / global_weight, tokens
 
     @property
     def pad_id(self) -> int:
         return self.objective.lm(self.model).config.eos_token_id
 
-    def _no_sync(self, sync: bool):
-        if self.dist.world > 1 and not sync:
+    def no_sync(self, skip_sync: bool):
+        """DDP: with skip_sync, this backward only accumulates (the gradients are averaged at the last one)."""
+        if self.dist.world > 1 and skip_sync:
             return self.loss_module.no_sync()
         return nullcontext()
 
@@ -429,7 +465,7 @@ class Run:
         metrics = self.objective.evaluate(self.model, self.eval_set, batch_size=self.micro, device=self.device,
                                           autocast=self.autocast)
         self.model.train(was_training)
-        result.evals.append((self.step, metrics["loss"]))
+        result.evals.append((self.step, metrics[self.objective.main_metric]))
         result.eval_metrics.append((self.step, metrics))
         self.evals, self.eval_metrics = result.evals, result.eval_metrics
 
@@ -455,6 +491,8 @@ class Run:
 
                 save_file(tensors, str(directory / TENSOR_STATE_FILE))
                 (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+                (directory / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in self.history),
+                                                  encoding="utf-8")
 
             self.objective.save_model(self.model, self.out, tokenizer=self.tokenizer, template=self.template,
                                       extra=extra)

@@ -115,3 +115,14 @@ def read_tensor_state(directory: Path) -> dict[str, Tensor]:
             return {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as exc:
         raise CheckpointError(f"cannot resume: {path} is missing or unreadable ({exc})") from None
+
+
+def read_step_log(path: Path, up_to_step: int) -> list[dict]:
+    """The per-step log of a checkpoint (its first `up_to_step` entries); empty if the file is absent (older runs)."""
+    if not path.is_file():
+        return []
+    try:
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    return [e for e in entries if isinstance(e, dict) and e.get("step", 0) <= up_to_step]
