@@ -76,6 +76,7 @@ class Tokenizer:
         ranks, eos = load_ranks(Path(vocab_path), Path(merges_path))
         self.files = (Path(vocab_path), Path(merges_path))  # copied beside checkpoints this library writes
         self.eos_token_id = eos
+        self._ranks = ranks
         self.encoding = tiktoken.Encoding(
             name="gpt2-minigpt", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: eos}
         )
@@ -138,6 +139,16 @@ class Tokenizer:
             raise TokenizerError(f"{local} has no tokenizer files; pass --tokenizer DIR "
                                  "(vocab.json+merges.txt or encoder.json+vocab.bpe)")
         return cls.from_pretrained()
+
+    def fingerprint(self) -> str:
+        """sha256 of the vocabulary (every token's bytes in rank order, and EOS): equal for equal tokenizers,
+        whatever their files are called (vocab.json + merges.txt or encoder.json + vocab.bpe)."""
+        import hashlib
+
+        digest = hashlib.sha256(f"eos={self.eos_token_id};".encode())
+        for token, _ in sorted(self._ranks.items(), key=lambda item: item[1]):
+            digest.update(len(token).to_bytes(2, "little") + token)
+        return digest.hexdigest()
 
     @property
     def vocab_size(self) -> int:

@@ -50,15 +50,17 @@ def with_default(text: str, config_class: type[TrainConfig], name: str) -> str:
 
 def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[TrainConfig], *,
                            data_help: str, out_required: bool = True, data_flag: str = "--data",
+                           eval_flag: str = "--eval-data", eval_help: str = "a separate evaluation JSONL file",
                            help_overrides: dict[str, str] | None = None) -> None:
     """The flags every trainer takes: data and checkpoints, the start model, optimization, running.
-    `data_flag` names the training-data flag (PPO: --prompts; --data is accepted too); `help_overrides` replaces
-    the help of optimization flags by config field name."""
+    `data_flag` / `eval_flag` name the data flags (PPO: --prompts; pretraining: --text, --eval-text; --data and
+    --eval-data are accepted too); `help_overrides` replaces the help of optimization flags by config field name."""
     io = parser.add_argument_group("data and checkpoints")
-    flags = [data_flag] + (["--data"] if data_flag != "--data" else [])
-    io.add_argument(*flags, dest="data", help=f"{data_help} (required unless --resume)")
+    io.add_argument(*dict.fromkeys([data_flag, "--data"]), dest="data",
+                    help=f"{data_help} (required unless --resume)")
     parser.set_defaults(data_flag=data_flag)
-    io.add_argument("--eval-data", help="a separate evaluation JSONL file (default: hold out --eval-fraction)")
+    io.add_argument(*dict.fromkeys([eval_flag, "--eval-data"]), dest="eval_data",
+                    help=f"{eval_help} (default: hold out --eval-fraction)")
     io.add_argument("--out", required=out_required, help="checkpoint directory, replaced atomically at each save")
     io.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out, with its "
                     "saved settings (optimizer, schedule, data position and RNG included)")

@@ -32,7 +32,8 @@ from .preferences import (
     per_record_mean,
     with_ref_logps,
 )
-from .run import Objective, Run, TrainResult, frozen_start_model, run_training
+from .objective import Objective, frozen_start_model
+from .run import Run, TrainResult, run_training
 
 LOSSES = ("sigmoid", "ipo")
 

@@ -31,7 +31,8 @@ from .preferences import (
     pad_rows,
     per_record_mean,
 )
-from .run import Objective, Run, TrainResult, load_start_model, run_training
+from .objective import Objective, load_start_model
+from .run import Run, TrainResult, run_training
 
 NORMALIZATION_FILE = "reward_normalization.json"
 

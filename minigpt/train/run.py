@@ -24,24 +24,21 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from torch import Tensor, nn
 
-from ..config import GPTConfig
 from ..data import DataReport, PromptTemplate
-from ..model import GPT
 from ..progress import Progress, format_duration
 from ..tokenizer import Tokenizer
 from .config import TrainConfig, TrainingError
 from .env import Distributed, StopRequest, all_reduce_, barrier, close_distributed, init_distributed, pick_device
 from .optim import EpochSampler, lr_at, micro_batches, param_groups
+from .objective import Objective, StepResult, start_model_config
 from .state import (
     STATE_FILE,
     STATE_FORMAT,
     TENSOR_STATE_FILE,
-    file_sha256,
     read_step_log,
     read_tensor_state,
     read_trainer_state,
@@ -52,15 +49,6 @@ from .state import (
 
 OBJECTIVE_PREFIX = "objective."  # an objective's own tensors in training_state.safetensors
 LOG_FILE = "train_log.jsonl"  # one JSON line per step (loss, lr, the objective's step statistics), in each checkpoint
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step (or one PPO iteration) did."""
-
-    loss: float  # the step's mean loss
-    tokens: int  # input tokens processed here (for tokens/s)
-    stats: dict[str, float] = field(default_factory=dict)  # the objective's own numbers (logged; see step_fields)
 
 
 @dataclass
@@ -75,122 +63,6 @@ class TrainResult:
     eval_metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, all eval metrics)
     interrupted: bool = False
     report: DataReport | None = None
-
-
-# --------------------------------------------------------------------------- the start model
-
-
-def start_model_config(model: str, *, random_init: bool) -> GPTConfig:
-    """The shape of the model training starts from (a checkpoint's config, or a preset / config.json)."""
-    if random_init:
-        path = Path(model)
-        return GPTConfig.from_json(path) if path.suffix == ".json" else GPTConfig.from_preset(model)
-    from ..loading import resolve_checkpoint
-
-    return resolve_checkpoint(model).config
-
-
-def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
-    """The weights training starts from: loaded (never silently random) unless random_init asks for it."""
-    if not config.random_init:
-        from ..loading import load_pretrained
-
-        return load_pretrained(config.model)
-    torch.manual_seed(config.seed)
-    return GPT(model_config)
-
-
-def frozen_start_model(config: TrainConfig, device: torch.device) -> GPT:
-    """The start model again, frozen (eval mode, no gradients): the reference policy of DPO and PPO."""
-    model_config = start_model_config(config.model, random_init=config.random_init)
-    return load_start_model(config, model_config).to(device).eval().requires_grad_(False)
-
-
-# --------------------------------------------------------------------------- what an objective provides
-
-
-class Objective:
-    """One training objective: its data, trained module, loss, evaluation and checkpoint files.
-
-    Subclasses set `name` and `config_class` and implement the methods that raise NotImplementedError.
-    """
-
-    name: ClassVar[str]
-    config_class: ClassVar[type[TrainConfig]] = TrainConfig
-    main_metric: ClassVar[str] = "loss"  # the eval metric TrainResult.evals keeps
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-
-    # data
-    def load_data(self, path: str, tokenizer: Tokenizer, template: PromptTemplate,
-                  max_len: int) -> tuple[list[Any], DataReport]:
-        """Read, check and tokenize a data file; bad lines raise DataError naming FILE:LINE."""
-        raise NotImplementedError
-
-    def collate(self, items: list[Any], pad_id: int) -> Any:
-        """A micro-batch (anything with `.to(device)`) for `loss_module`."""
-        raise NotImplementedError
-
-    def weight(self, item: Any) -> int:
-        """How many units of the step's mean one record contributes (SFT: response tokens; default 1)."""
-        return 1
-
-    def tokens(self, item: Any) -> int:
-        """Input tokens one record costs (for the tokens/s figure)."""
-        raise NotImplementedError
-
-    # the model
-    def load_model(self, source: str, *, resumed: bool, model_config: GPTConfig) -> nn.Module:
-        """The module to train: the start model (resumed=False: `config.model`) or the run's checkpoint."""
-        from ..loading import load_pretrained
-
-        return load_pretrained(source) if resumed else load_start_model(self.config, model_config)
-
-    def lm(self, model: nn.Module) -> GPT:
-        """The GPT-2 inside the trained module."""
-        return model  # type: ignore[return-value]
-
-    def prepare(self, run: "Run") -> None:
-        """Called once the model and data are ready, before the first step (e.g. DPO's reference log-probs)."""
-
-    def loss_module(self, model: nn.Module) -> nn.Module:
-        """A module whose forward(**batch fields) is the micro-batch's summed loss (a scalar); DDP wraps it."""
-        raise NotImplementedError
-
-    def train_step(self, run: "Run") -> StepResult:
-        """One step of training: by default one optimizer step over the step's global batch of records
-        (`Run.supervised_step`); PPO overrides it with rollouts and several optimizer steps."""
-        return run.supervised_step()
-
-    def step_fields(self, stats: dict[str, float]) -> dict[str, str]:
-        """Progress-line fields from a step's `StepResult.stats`."""
-        return {}
-
-    def evaluate(self, model: nn.Module, items: list[Any], *, batch_size: int, device: torch.device,
-                 autocast: torch.autocast | None) -> dict[str, float]:
-        """Eval metrics over `items`; "loss" is the one the progress line and `TrainResult.evals` keep."""
-        raise NotImplementedError
-
-    def finish(self, run: "Run") -> None:
-        """Called once when the last step is done, before the final save (e.g. reward normalisation)."""
-
-    def progress_fields(self, metrics: dict[str, float]) -> dict[str, str]:
-        """Progress-line fields from the latest eval metrics."""
-        return {"eval": f"{metrics['loss']:.4f}"}
-
-    def save_model(self, model: nn.Module, directory: Path, *, tokenizer: Tokenizer, template: PromptTemplate,
-                   extra: Callable[[Path], None]) -> None:
-        from ..checkpoint import save_pretrained
-
-        save_pretrained(self.lm(model), directory, tokenizer=tokenizer, template=template, extra=extra)
-
-    # state beyond the optimizer (e.g. precomputed reference log-probs), saved for exact resume
-    def state_tensors(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Take back what `state_tensors` saved (called on resume, before `prepare`)."""
 
 
 def batch_fields(batch: Any) -> dict[str, Any]:
@@ -247,10 +119,11 @@ class Run:
         self.dist: Distributed = init_distributed(self.device_type)
         self.device = pick_device(config.device, self.dist)
         self.show = progress and self.dist.main
+        objective.show_progress = self.show
         self.resumed = saved is not None
         self._log = log or (lambda text: None)
 
-        self.data_sha = file_sha256(config.data) if Path(config.data).is_file() else None
+        self.data_sha = objective.data_digest(config.data)
         if saved is not None and saved.get("data_sha256") != self.data_sha:
             raise TrainingError(f"cannot resume: {config.data} changed since the run started "
                                 "(its sha256 differs); restore it or start a new run in a new --out")
@@ -295,9 +168,7 @@ class Run:
             self.train_set = items
             self.eval_set, _ = objective.load_data(config.eval_data, self.tokenizer, self.template, self.max_len)
         else:
-            from ..data import split_eval
-
-            self.train_set, self.eval_set = split_eval(items, config.eval_fraction, config.seed)
+            self.train_set, self.eval_set = objective.split_eval(items, config.eval_fraction, config.seed)
         self.model = objective.load_model(source, resumed=resumed, model_config=model_config)
         self.model.to(self.device).train()
         for problem in self.report.skipped[:20]:
@@ -420,13 +291,13 @@ class Run:
     def supervised_step(self) -> StepResult:
         """One optimizer step over the step's global batch of records; its mean loss and the tokens read here."""
         objective = self.objective
-        indices = self.sampler.global_batch(self.step, self.config.batch_size)
-        global_weight = sum(objective.weight(self.train_set[i]) for i in indices)
+        indices = objective.batch_indices(self, self.step)
+        global_weight = sum(objective.weight(objective.item(self.train_set, i)) for i in indices)
         scale = self.dist.world / global_weight  # DDP averages gradients over processes
         chunks = micro_batches(indices, self.dist.rank, self.dist.world, self.micro)
         loss_sum, tokens = 0.0, 0
         for i, chunk in enumerate(chunks):
-            items = [self.train_set[j] for j in chunk]
+            items = [objective.item(self.train_set, j) for j in chunk]
             batch = objective.collate(items, self.pad_id).to(self.device)
             with self.no_sync(i < len(chunks) - 1), self.autocast or nullcontext():
                 part = self.loss_module(**batch_fields(batch))

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from ..data import IGNORE_INDEX, Batch, Example, collate, load_examples
 from ..model import GPT
 from .config import TrainConfig
-from .run import Objective, TrainResult, run_training
+from .objective import Objective
+from .run import TrainResult, run_training
 
 
 class ResponseLoss(nn.Module):
