@@ -343,3 +343,56 @@ def test_bad_settings_are_refused(task, tmp_path):
     with pytest.raises(TrainingError, match="reward function file not found"):
         train_ppo(ppo_config(task, tmp_path / "x", reward_fn=str(tmp_path / "none.py") + ":f"), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- PPO-ptx
+
+
+def test_ptx_term_is_the_weighted_summed_cross_entropy():
+    import torch.nn.functional as F
+
+    policy = tiny_policy()
+    model = PolicyWithValue(policy, new_value_head(32))
+    config = PPOConfig(data="", out="", reward_fn="x.py:f", temperature=0.7)
+    batch = sample_responses(policy, [[5, 6], [7, 8, 9]], max_new_tokens=5, temperature=0.7, eos_id=3,
+                             generator=torch.Generator().manual_seed(0))
+    fields = (batch.query_ids, batch.query_mask, batch.response_ids, batch.response_mask)
+    batch.values = response_outputs(policy, *fields, temperature=0.7, value_head=model.value_head).values
+    batch.advantages, batch.returns = torch.randn(batch.logprobs.shape), torch.randn(batch.logprobs.shape)
+    windows = torch.randint(0, 24, (3, 9), generator=torch.Generator().manual_seed(1))
+    loss_fn = PPOLoss(model, config)
+    plain, _ = loss_fn(**batch.training_fields())
+    mixed, stats = loss_fn(**batch.training_fields(), ptx_input_ids=windows[:, :-1], ptx_targets=windows[:, 1:],
+                           ptx_weight=0.25)
+    ce_sum = F.cross_entropy(policy(windows[:, :-1]).flatten(0, 1), windows[:, 1:].flatten(), reduction="sum")
+    assert mixed.item() == pytest.approx(plain.item() + 0.25 * ce_sum.item(), rel=1e-5)
+    assert stats[-1].item() == pytest.approx(ce_sum.item(), rel=1e-5)
+
+
+def test_ptx_keeps_the_policy_good_at_its_pretraining_text(task, tokenizer, tmp_path):
+    from minigpt.train.corpus import TokenWindows, load_token_file
+    from minigpt.train.lm import collate_windows
+    from minigpt.train.sft import ResponseLoss
+
+    text = tmp_path / "pretrain.txt"
+    text.write_text("\n".join(", ".join(str(i) for i in range(1, n)) + "." for n in range(5, 40)), encoding="utf-8")
+    token_file = load_token_file(str(text), tokenizer, cache_dir=str(tmp_path / "cache"), progress=False)
+    windows = TokenWindows(token_file.tokens(), 32)
+
+    def cross_entropy(directory):
+        batch = collate_windows([windows[i] for i in range(len(windows))])
+        with torch.no_grad():
+            loss = ResponseLoss(GPT.from_pretrained(directory))(batch.input_ids, batch.targets)
+        return loss.item() / batch.targets.numel()
+
+    runs = {}
+    for coef in (0.0, 1.0):
+        ptx = dict(ptx_data=str(text), ptx_coef=coef, ptx_block_size=32) if coef else {}
+        train_ppo(ppo_config(task, tmp_path / f"ptx{coef}", max_steps=4, eval_every=4, batch_size=8, lr=3e-3, **ptx),
+                  progress=False)
+        runs[coef] = cross_entropy(tmp_path / f"ptx{coef}")
+    start = cross_entropy(task["model"])
+    assert runs[1.0] < start - 1.0 and runs[1.0] < runs[0.0] - 1.0, (start, runs)
+    log = [json.loads(line) for line in (tmp_path / "ptx1.0" / LOG_FILE).read_text().splitlines()]
+    assert log[-1]["ptx_loss"] < log[0]["ptx_loss"]
+    assert "ptx_loss" not in json.loads((tmp_path / "ptx0.0" / LOG_FILE).read_text().splitlines()[0])

@@ -29,6 +29,13 @@ PPO_FLAGS: list[tuple[str, str, type, str]] = [
     ("--lam", "lam", float, "GAE lambda"),
     ("--missing-eos-penalty", "missing_eos_penalty", float, "subtracted from the score of a response that "
      "reaches --max-new-tokens without EOS (default: none)"),
+    ("--ptx-data", "ptx_data", str, "PPO-ptx: a raw-text corpus (file, directory or glob, tokenized once and "
+     "cached like minigpt-pretrain's) whose language-modelling loss joins every update (default: none)"),
+    ("--ptx-coef", "ptx_coef", float, "PPO-ptx: gamma, the weight of the mean next-token cross entropy on "
+     "--ptx-data (InstructGPT: 27.8)"),
+    ("--ptx-batch-size", "ptx_batch_size", int, "PPO-ptx: windows per update, over all processes (default: the "
+     "rollouts per mini-batch)"),
+    ("--ptx-block-size", "ptx_block_size", int, "PPO-ptx: tokens per window"),
 ]
 # what the shared flags mean when a step is one PPO iteration
 STEP_HELP = {

@@ -11,7 +11,8 @@ Huang et al. 2023, see `minigpt.train.rl`):
    (`kl_penalty_rewards`); optionally whitened without shifting their mean;
 4. advantages by GAE (gamma, lambda) on the value head's estimates, then whitened;
 5. `ppo_epochs` passes over the rollouts in `mini_batches` shuffled minibatches, one AdamW step each, on
-   PPO's clipped policy loss + vf_coef x the clipped value loss (`PPOLoss`);
+   PPO's clipped policy loss + vf_coef x the clipped value loss (`PPOLoss`); with PPO-ptx (InstructGPT's
+   eq. 2, gamma E[log pi(x_pretrain)]) plus ptx_coef x the mean cross entropy of random raw-text windows;
 6. with `target_kl`, beta adapts: beta <- beta (1 + clip(KL / target - 1, +-0.2) n / horizon).
 
 The value head is a scalar head on the policy's body (like the reward model's `score`; initialised from it when
@@ -34,17 +35,21 @@ from torch import Tensor, nn
 from ..config import GPTConfig
 from ..model import GPT
 from .config import TrainConfig, TrainingError
+from .corpus import TokenWindows, shared_token_file
 from .env import all_reduce_
 from .prompts import Prompt, load_prompts
 from .rl import adaptive_kl_coef, gae, kl_penalty_rewards, masked_sum, policy_loss, value_loss, whiten
+from .lm import collate_windows
 from .rollout import Rollouts, response_outputs, sample_responses
-from .run import Objective, Run, StepResult, TrainResult, frozen_start_model, run_training
+from .objective import Objective, StepResult, frozen_start_model
+from .run import Run, TrainResult, run_training
 from .scorers import RewardModelScorer, make_scorer
+from .sft import ResponseLoss
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_HEAD_KEY = "value_head.weight"  # [1, n_embd], no bias (like GPT2ForSequenceClassification's score)
 # Per-token sums PPOLoss reports for a micro-batch, in this order.
-LOSS_STATS = ("pg_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")
+LOSS_STATS = ("pg_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy", "ptx_loss")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class PPOConfig(TrainConfig):
     lam: float = 0.95
     whiten_rewards: bool = False
     missing_eos_penalty: float | None = None  # subtracted from the score of a response without EOS
+    ptx_data: str | None = None  # PPO-ptx: a raw-text corpus (file, directory or glob) ...
+    ptx_coef: float = 0.0  # ... whose mean next-token cross entropy, times this, joins every update's loss
+    ptx_batch_size: int | None = None  # windows per mini-batch, all processes (default: rollouts per mini-batch)
+    ptx_block_size: int = 256  # tokens per window
 
     def check(self) -> None:
         super().check()
@@ -92,6 +101,10 @@ class PPOConfig(TrainConfig):
             raise TrainingError("gamma and lam must be in [0, 1]")
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise TrainingError("missing_eos_penalty must be >= 0 (it is subtracted)")
+        if (self.ptx_data is None) != (self.ptx_coef == 0):
+            raise TrainingError("PPO-ptx needs both --ptx-data and a --ptx-coef > 0")
+        if self.ptx_coef < 0 or self.ptx_block_size < 1 or (self.ptx_batch_size or 1) < 1:
+            raise TrainingError("ptx_coef must be >= 0, ptx_block_size and ptx_batch_size >= 1")
 
 
 class PolicyWithValue(nn.Module):
@@ -124,8 +137,11 @@ class PPOLoss(nn.Module):
         self.config = config
 
     def forward(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
-                old_logprobs: Tensor, old_values: Tensor, advantages: Tensor,
-                returns: Tensor) -> tuple[Tensor, Tensor]:
+                old_logprobs: Tensor, old_values: Tensor, advantages: Tensor, returns: Tensor,
+                ptx_input_ids: Tensor | None = None, ptx_targets: Tensor | None = None,
+                ptx_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+        """(loss, stats): the summed per-token PPO loss (+ ptx_weight x the summed cross entropy of the ptx
+        windows, when given) and the summed LOSS_STATS (+ that cross entropy sum)."""
         c = self.config
         out = response_outputs(self.model.policy, query_ids, query_mask, response_ids, response_mask,
                                temperature=c.temperature, value_head=self.model.value_head, entropy=True)
@@ -134,9 +150,13 @@ class PPOLoss(nn.Module):
         mask = response_mask
         loss = masked_sum(pg + c.vf_coef * vf, mask)
         log_ratio = out.logprobs - old_logprobs
+        ptx = torch.zeros((), device=loss.device)
+        if ptx_input_ids is not None:
+            ptx = ResponseLoss(self.model.policy)(ptx_input_ids, ptx_targets)  # summed next-token cross entropy
+            loss = loss + ptx_weight * ptx
         stats = torch.stack([masked_sum(pg, mask), masked_sum(vf, mask), masked_sum(pg_clipped.float(), mask),
                              masked_sum(vf_clipped.float(), mask), masked_sum(0.5 * log_ratio ** 2, mask),
-                             masked_sum(out.entropy, mask)]).detach()
+                             masked_sum(out.entropy, mask), ptx.float()]).detach()
         return loss, stats
 
 
@@ -158,6 +178,7 @@ class PPO(Objective):
         self.scorer: Callable[[list[Prompt], list[str]], Tensor] | None = None
         self.kl_coef = config.kl_coef
         self.tokenizer = None
+        self.ptx: TokenWindows | None = None  # PPO-ptx windows
 
     # ----- data and model
 
@@ -195,6 +216,15 @@ class PPO(Objective):
             raise TrainingError(f"a mini-batch of {per_process // config.mini_batches} rollouts is not a multiple "
                                 f"of micro_batch_size {run.micro}")
         self.reference = frozen_start_model(config, run.device)
+        if config.ptx_data is not None:
+            if config.ptx_block_size > run.max_len:
+                raise TrainingError(f"ptx_block_size {config.ptx_block_size} exceeds the model's context of "
+                                    f"{run.max_len} tokens")
+            token_file = shared_token_file(config.ptx_data, run.tokenizer, progress=self.show_progress)
+            self.ptx = TokenWindows(token_file.tokens(), config.ptx_block_size)
+            if self.ptx.max_offset < 0:
+                raise TrainingError(f"--ptx-data {config.ptx_data} holds fewer than {config.ptx_block_size + 1} tokens")
+            run.log(f"PPO-ptx: {token_file.num_tokens:,} tokens of {config.ptx_data}, coefficient {config.ptx_coef}")
         self.scorer = make_scorer(config.reward_model, config.reward_fn, device=run.device, batch_size=run.micro)
         self.tokenizer = run.tokenizer
         if isinstance(self.scorer, RewardModelScorer) and not run.resumed:
@@ -259,7 +289,7 @@ class PPO(Objective):
     def train_step(self, run: Run) -> StepResult:
         c, dist = self.config, run.dist
         started = time.perf_counter()
-        indices = run.sampler.global_batch(run.step, c.batch_size)
+        indices = self.batch_indices(run, run.step)
         share = c.batch_size // dist.world
         prompts = [run.train_set[i] for i in indices[dist.rank * share: (dist.rank + 1) * share]]
         seed = step_seed(c.seed, run.step, dist.rank)
@@ -292,22 +322,42 @@ class PPO(Objective):
         n = batch.query_ids.shape[0]
         size = n // c.mini_batches
         sums = torch.zeros(len(LOSS_STATS), dtype=torch.float64)
-        tokens = 0.0
+        tokens = ptx_tokens = 0.0
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n, generator=shuffle).to(run.device)
             for start in range(0, n, size):
                 minibatch = order[start: start + size]
                 count = float(all_reduce_(batch.response_mask[minibatch].sum().double().cpu().reshape(1), dist)[0])
-                micro_parts = minibatch.split(run.micro)
-                for i, part in enumerate(micro_parts):
-                    with run.no_sync(i < len(micro_parts) - 1), run.autocast or nullcontext():
-                        loss, part_stats = run.loss_module(**batch.rows(part).training_fields())
+                parts = minibatch.split(run.micro)
+                for i, part in enumerate(parts):
+                    fields = batch.rows(part).training_fields()
+                    if self.ptx is not None and i == len(parts) - 1:  # the ptx windows ride with the last part
+                        fields.update(self.ptx_fields(run, shuffle, count))
+                        ptx_tokens += fields["ptx_targets"].numel() * dist.world
+                    with run.no_sync(i < len(parts) - 1), run.autocast or nullcontext():
+                        loss, part_stats = run.loss_module(**fields)
                     (loss * dist.world / max(count, 1.0)).backward()  # DDP averages over processes
                     sums += part_stats.double().cpu()
                 run.optimizer_step()
                 tokens += count
-        sums = all_reduce_(sums, dist) / max(tokens, 1.0)
-        return dict(zip(LOSS_STATS, sums.tolist()))
+        sums = all_reduce_(sums, dist)
+        means = dict(zip(LOSS_STATS, (sums / max(tokens, 1.0)).tolist()))
+        if self.ptx is None:
+            del means["ptx_loss"]
+        else:
+            means["ptx_loss"] = float(sums[-1]) / ptx_tokens  # mean cross entropy per ptx token
+        return means
+
+    def ptx_fields(self, run: Run, generator: torch.Generator, count: float) -> dict:
+        """This process's share of a mini-batch's ptx windows, at random offsets drawn from its step generator, and
+        the weight that makes their summed cross entropy count as ptx_coef x the mean over all processes."""
+        c, dist = self.config, run.dist
+        share = max(1, (c.ptx_batch_size or c.batch_size // c.mini_batches) // dist.world)
+        offsets = torch.randint(0, self.ptx.max_offset + 1, (share,), generator=generator).tolist()
+        windows = collate_windows([self.ptx.at(o) for o in offsets])
+        windows = windows.to(run.device)
+        weight = c.ptx_coef * max(count, 1.0) / (windows.targets.numel() * dist.world)
+        return {"ptx_input_ids": windows.input_ids, "ptx_targets": windows.targets, "ptx_weight": weight}
 
     def step_fields(self, stats):
         return {"score": f"{stats['score']:.3f}", "kl": f"{stats['kl']:.3f}", "beta": f"{stats['kl_coef']:.3g}"}
