@@ -151,9 +151,9 @@ def test_policy_equal_to_reference_gives_zero_kl_and_ratio_one():
     advantages = whiten(torch.randn(batch.logprobs.shape), batch.response_mask)
     batch.advantages, batch.returns = advantages, batch.values + 1.0
     loss, stats = PPOLoss(model, config)(**batch.training_fields())
-    pg, vf, clipfrac, vclipfrac, approx_kl, entropy = stats.tolist()
+    pg, vf, clipfrac, vclipfrac, approx_kl, entropy, ptx = stats.tolist()
     n = batch.response_mask.sum().item()
-    assert clipfrac == 0 and approx_kl / n < 1e-10
+    assert clipfrac == 0 and approx_kl / n < 1e-10 and ptx == 0
     assert pg / n == pytest.approx(-(advantages * batch.response_mask).sum().item() / n, abs=1e-5)  # ratio == 1
     assert vf / n == pytest.approx(0.5, abs=1e-5) and vclipfrac == 0  # values == old values, returns 1 above
     assert 0 < entropy / n <= math.log(24) + 1e-4
