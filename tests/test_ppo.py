@@ -252,7 +252,7 @@ def test_ppo_raises_the_reward_on_held_out_prompts_with_bounded_kl(task, tmp_pat
     assert 0 < after["kl_per_token"] < 1.0
     log = [json.loads(line) for line in (tmp_path / "run" / LOG_FILE).read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 17))
-    for key in ("score", "kl", "entropy", "clipfrac", "approx_kl", "value_loss", "kl_coef"):
+    for key in ("score", "kl", "entropy", "clipfrac", "approx_kl", "value_loss", "kl_coef", "tokens_per_second"):
         assert all(math.isfinite(e[key]) for e in log), key
     # the output is an ordinary LM checkpoint; the value head lies beside it
     policy = GPT.from_pretrained(tmp_path / "run")
@@ -282,7 +282,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(task, tmp_path):
     for name in ("model.safetensors", VALUE_HEAD_FILE):
         a, b = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "cut" / name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    drop_time = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+    drop_time = lambda path: [{k: v for k, v in json.loads(line).items()  # noqa: E731
+                               if k not in ("seconds", "tokens_per_second")}
                               for line in path.read_text().splitlines()]
     full_log, cut_log = drop_time(tmp_path / "full" / LOG_FILE), drop_time(tmp_path / "cut" / LOG_FILE)
     assert full_log == cut_log

@@ -75,6 +75,9 @@ def test_token_file_equals_encode_and_is_reused(corpus, tokenizer, tmp_path, mon
     stamp = first.path.stat().st_mtime_ns
     again = load_token_file(str(corpus), tokenizer, separator=SEPARATOR, cache_dir=str(tmp_path), progress=False)
     assert again.reused and again.path == first.path and again.path.stat().st_mtime_ns == stamp
+    first.path.with_suffix(".json").write_text("{not json")  # a damaged cache entry is rebuilt, not trusted
+    rebuilt = load_token_file(str(corpus), tokenizer, separator=SEPARATOR, cache_dir=str(tmp_path), progress=False)
+    assert not rebuilt.reused and rebuilt.tokens().tolist() == first.tokens().tolist()
     # one file per document without a separator; a glob; the default cache beside the corpus
     whole = load_token_file(str(corpus / "part*.txt"), tokenizer, progress=False)
     assert whole.tokens().tolist() == expected_ids(files, tokenizer, None) and whole.num_documents == 3

@@ -185,9 +185,12 @@ def load_token_file(spec: str, tokenizer: Tokenizer, *, separator: str | None = 
     directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(spec)
     target, meta_path = directory / f"{key}.u16", directory / f"{key}.json"
     if meta_path.is_file() and target.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("key") == key and target.stat().st_size == 2 * meta["tokens"]:
-            return TokenFile(target, meta["tokens"], meta["documents"], len(files), reused=True)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta["key"] == key and target.stat().st_size == 2 * meta["tokens"]:
+                return TokenFile(target, meta["tokens"], meta["documents"], len(files), reused=True)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry is rebuilt
     if not build:
         raise DataError(f"token file {target} is missing (the first process writes it)")
     try:

@@ -311,8 +311,9 @@ class PPO(Objective):
         mean_kl = kl_sum / n
         if c.target_kl is not None:
             self.kl_coef = adaptive_kl_coef(beta, mean_kl, target=c.target_kl, n=int(n), horizon=c.kl_horizon)
+        seconds = time.perf_counter() - started
         stats = {"score": score_sum / n, "kl": mean_kl, "kl_coef": beta, "length": n_tokens / n,
-                 "eos": n_ended / n, **totals, "seconds": time.perf_counter() - started}
+                 "eos": n_ended / n, **totals, "seconds": seconds, "tokens_per_second": n_tokens / seconds}
         loss = stats["pg_loss"] + c.vf_coef * stats["value_loss"]
         return StepResult(loss, int(mask.sum()), stats)
 

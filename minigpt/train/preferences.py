@@ -37,7 +37,8 @@ class Preference:
     margin: float = 0.0  # the chosen response should win by at least this much (pairwise records only)
 
 
-def _text(obj: dict, key: str) -> str:
+def text_field(obj: dict, key: str) -> str:
+    """obj[key], which must be a non-empty string (ValueError says what is wrong)."""
     value = obj[key]
     if not isinstance(value, str):
         raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
@@ -76,17 +77,17 @@ def parse_preference(obj: object, line: int) -> Preference:
             raise ValueError("'ranked' must hold non-empty strings")
         if "margin" in obj:
             raise ValueError("'margin' applies to chosen/rejected pairs, not to 'ranked' lists")
-        return Preference(line, _text(obj, "prompt"), tuple(ranked))
+        return Preference(line, text_field(obj, "prompt"), tuple(ranked))
     missing = [k for k in ("chosen", "rejected") if k not in obj]
     if missing:
         raise ValueError(f"missing field {', '.join(repr(m) for m in missing)}; a record needs 'prompt' + 'chosen' "
                          "+ 'rejected', 'prompt' + 'ranked', or HH-RLHF's 'chosen' + 'rejected'")
-    chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")
+    chosen, rejected = text_field(obj, "chosen"), text_field(obj, "rejected")
     margin = obj.get("margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
         raise ValueError(f"'margin' must be a finite number, got {margin!r}")
     if "prompt" in obj:
-        return Preference(line, _text(obj, "prompt"), (chosen, rejected), float(margin))
+        return Preference(line, text_field(obj, "prompt"), (chosen, rejected), float(margin))
     prompt, chosen, rejected = split_hh(chosen, rejected)
     return Preference(line, prompt, (chosen, rejected), float(margin))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..data import DataError, DataReport, PromptTemplate, read_jsonl
 from ..tokenizer import Tokenizer
-from .preferences import parse_preference
+from .preferences import parse_preference, text_field
 
 
 @dataclass(frozen=True)
@@ -30,26 +30,17 @@ class Prompt:
         return f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
 
 
-def _string(obj: dict, key: str) -> str:
-    value = obj[key]
-    if not isinstance(value, str):
-        raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"empty {key!r}")
-    return value
-
-
 def parse_prompt(obj: object, line: int) -> tuple[int, str, str]:
     """(line, instruction, input) of one JSON value; ValueError says what is wrong."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if "prompt" in obj:
-        return line, _string(obj, "prompt"), ""
+        return line, text_field(obj, "prompt"), ""
     if "instruction" in obj:
         given = obj.get("input", "")
         if not isinstance(given, str):
             raise ValueError(f"field 'input' must be a string, got {type(given).__name__}")
-        return line, _string(obj, "instruction"), given
+        return line, text_field(obj, "instruction"), given
     if "chosen" in obj:  # HH-RLHF: the prompt is the shared prefix
         return line, parse_preference(obj, line).prompt, ""
     raise ValueError("no prompt: a record needs 'prompt' (or Alpaca's 'instruction', or HH-RLHF's 'chosen' + "
