@@ -35,6 +35,7 @@ class StaticDecoder(nn.Module):
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_inputs: tuple[Tensor, ...] = ()
         self.static_logits: Tensor | None = None
+        self.busy = False  # a generation holds the static cache (another one running meanwhile uses an eager cache)
 
     def cache_for(self, batch_size: int, length: int) -> KVCache:
         """A zeroed cache of at least `length` slots whose tensors are this module's buffers."""

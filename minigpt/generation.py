@@ -4,9 +4,10 @@ Ragged prompts are left-padded: all rows share cache slots, padding slots are ma
 them, so every row computes what it computes alone. A row that emits EOS (or a stop sequence) is done and is
 padded from then on; the loop ends when every row is done or `max_new_tokens` is reached.
 
-Context policy: GPT-2 has `n_positions` (1024) learned positions. When the longest prompt plus
-`max_new_tokens` would pass them, `context="error"` (the default) raises GenerationError saying what fits;
-`context="truncate"` drops the oldest prompt tokens to make room and warns.
+Context policy: GPT-2 has `n_positions` (1024) learned positions. The last generated token is never fed back, so
+a prompt of T tokens fits when T + max_new_tokens - 1 <= n_positions. When it does not, `context="error"` (the
+default) raises GenerationError saying what fits; `context="truncate"` drops the oldest prompt tokens to make room
+and warns.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class DecodeState:
     next_position: Tensor  # long [B]: the position id of each row's next token
     seen: Tensor | None  # bool [B, V]: tokens each row has seen (for the repetition penalty)
     slot: int  # the next free cache slot
+    decoder: object | None = None  # the compiled path's StaticDecoder when this generation holds it
 
 
 def check_generation_args(max_new_tokens: int, num_return_sequences: int) -> None:
@@ -44,21 +46,27 @@ def check_generation_args(max_new_tokens: int, num_return_sequences: int) -> Non
         raise GenerationError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}")
 
 
+def leading_padding(attention_mask: Tensor) -> int:
+    """How many leading columns are padding in every row (a batch may arrive over-padded)."""
+    if not attention_mask.any():
+        return attention_mask.shape[1]
+    return int((attention_mask.sum(0) > 0).long().argmax())
+
+
 def fit_context(
     input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, n_positions: int, policy: str
 ) -> tuple[Tensor, Tensor]:
     """Apply the context policy to a left-padded batch; return (input_ids, attention_mask) that fit."""
     if policy not in ("error", "truncate"):
         raise GenerationError(f"context policy must be 'error' or 'truncate', got {policy!r}")
-    if max_new_tokens >= n_positions:
+    if max_new_tokens > n_positions:
         raise GenerationError(
             f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {n_positions}-token context"
         )
-    # Drop columns that are padding in every row (a batch may arrive over-padded).
-    keep_from = int((attention_mask.sum(0) > 0).long().argmax()) if attention_mask.any() else attention_mask.shape[1]
+    keep_from = leading_padding(attention_mask)
     input_ids, attention_mask = input_ids[:, keep_from:], attention_mask[:, keep_from:]
     prompt_len = input_ids.shape[1]
-    room = n_positions - max_new_tokens
+    room = n_positions - max_new_tokens + 1  # the last new token is never fed back
     if prompt_len <= room:
         return input_ids, attention_mask
     if policy == "error":
@@ -82,6 +90,10 @@ def prepare_prompt(
         raise GenerationError(f"attention_mask {list(attention_mask.shape)} must match input_ids {list(input_ids.shape)}")
     if not attention_mask.bool().any(-1).all():
         raise GenerationError("every prompt needs at least one token (a row of the attention mask is all zeros)")
+    real = attention_mask.bool()
+    if (real[:, :-1] & ~real[:, 1:]).any():
+        raise GenerationError("the attention mask has padding after a real token: prompts must be left-padded "
+                              "(padding first), as minigpt.text.encode_prompts makes them")
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= model.config.vocab_size:
         raise GenerationError(f"token ids must be in [0, {model.config.vocab_size})")
     return fit_context(input_ids, attention_mask, max_new_tokens, model.config.n_positions, context)
@@ -89,21 +101,37 @@ def prepare_prompt(
 
 @torch.no_grad()
 def prefill(model: GPT, input_ids: Tensor, attention_mask: Tensor, max_len: int) -> tuple[Tensor, DecodeState]:
-    """Run the whole prompt [B, T] once into a fresh cache of max_len slots; return last logits [B, V]."""
+    """Run the whole prompt [B, T] once into a fresh cache of max_len slots; return last logits [B, V].
+
+    On the compiled path the generation takes the model's static cache; a second generation running at the same
+    time (a stream still open) gets an eager cache of its own instead, so the two never share slots."""
     B, T = input_ids.shape
     decoder = getattr(model, "_static_decoder", None)
-    if decoder is not None:  # the compiled path's static cache (maybe more slots: bucketed)
+    if decoder is not None and not decoder.busy:
+        decoder.busy = True
         cache = decoder.cache_for(B, max_len)
         max_len = cache.max_len
     else:
+        decoder = None
         cache = KVCache.allocate(model.config, B, max_len, device=input_ids.device, dtype=model.dtype)
     slot_valid = torch.zeros(B, max_len, dtype=torch.bool, device=input_ids.device)
     slot_valid[:, :T] = attention_mask.bool()
     positions = attention_mask_to_positions(attention_mask)  # [B, T]
     slots = torch.arange(T, device=input_ids.device)
-    logits = model(input_ids, slot_valid, position_ids=positions, cache=cache, cache_slots=slots, last_only=True)
-    state = DecodeState(cache, slot_valid, attention_mask.long().sum(-1), None, T)
+    try:
+        logits = model(input_ids, slot_valid, position_ids=positions, cache=cache, cache_slots=slots, last_only=True)
+    except BaseException:
+        release(DecodeState(cache, slot_valid, attention_mask.long().sum(-1), None, T, decoder))
+        raise
+    state = DecodeState(cache, slot_valid, attention_mask.long().sum(-1), None, T, decoder)
     return logits[:, -1], state
+
+
+def release(state: DecodeState) -> None:
+    """Give the compiled path's static cache back (a no-op for an eager cache)."""
+    if state.decoder is not None:
+        state.decoder.busy = False
+        state.decoder = None
 
 
 @torch.no_grad()
@@ -112,9 +140,8 @@ def decode_step(model: GPT, tokens: Tensor, state: DecodeState) -> Tensor:
     slot = state.slot
     state.slot_valid[:, slot] = True
     slots = torch.tensor([slot], device=tokens.device)
-    decoder = getattr(model, "_static_decoder", None)
-    if decoder is not None:
-        logits = decoder(tokens[:, None], state.slot_valid, state.next_position[:, None], slots)
+    if state.decoder is not None:
+        logits = state.decoder(tokens[:, None], state.slot_valid, state.next_position[:, None], slots)
     else:
         logits = model(tokens[:, None], state.slot_valid, position_ids=state.next_position[:, None],
                        cache=state.cache, cache_slots=slots, last_only=True)[:, -1]
@@ -166,30 +193,50 @@ def stream(
     device = model.device
     if max_new_tokens == 0:
         return
-    pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    pad = next(i for i in (pad_token_id, eos_token_id, model.config.eos_token_id) if i is not None)
+    eos_for_processors = eos_token_id if eos_token_id is not None else model.config.eos_token_id
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    cache_len = input_ids.shape[1] + max_new_tokens - 1  # the last new token is never fed back
 
     if getattr(model, "_static_decoder", None) is not None and num_return_sequences > 1:
         # the static cache cannot be re-indexed in place: prefill every sample's copy of its prompt
         input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
-        logits, state = prefill(model, input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
-        input_ids, attention_mask = input_ids[::num_return_sequences], attention_mask[::num_return_sequences]
+        logits, state = prefill(model, input_ids, attention_mask, cache_len)
     else:
-        logits, state = prefill(model, input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
+        logits, state = prefill(model, input_ids, attention_mask, cache_len)
         logits = expand_rows(state, logits, num_return_sequences)
+        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+        attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
+    try:
+        yield from _decode_loop(model, logits, state, input_ids, attention_mask, max_new_tokens, params=params,
+                                eos_token_id=eos_token_id, eos_for_processors=eos_for_processors, pad=pad,
+                                stop=stop, generator=generator)
+    finally:
+        release(state)
+
+
+def _decode_loop(model: GPT, logits: Tensor, state: DecodeState, input_ids: Tensor, attention_mask: Tensor,
+                 max_new_tokens: int, *, params: SamplingParams, eos_token_id: int | None, eos_for_processors: int,
+                 pad: int, stop: StopCheck | None, generator: torch.Generator | None,
+                 ) -> Iterator[tuple[Tensor, Tensor]]:
+    """The token-by-token loop of `stream` over rows that are already expanded (prompt [rows, T] each)."""
+    device = logits.device
     rows = logits.shape[0]
     if params.repetition_penalty != 1.0:
-        seen = seen_tokens(input_ids, attention_mask, model.config.vocab_size)
-        state.seen = seen.repeat_interleave(num_return_sequences, dim=0)
+        state.seen = seen_tokens(input_ids, attention_mask, model.config.vocab_size)
+    history, valid = (input_ids, attention_mask.bool()) if params.needs_history else (None, None)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in range(rows)]
-
     for step in range(max_new_tokens):
-        tokens = select_next(logits, params, state.seen, generator)  # [B*N]
+        tokens = select_next(logits, params, state.seen, generator, history=history, valid=valid, new_tokens=step,
+                             eos_token_id=eos_for_processors)  # [rows]
         tokens = tokens.masked_fill(finished, pad)
         if state.seen is not None:
             state.seen[torch.arange(rows, device=device), tokens] = True
+        if history is not None:
+            history = torch.cat([history, tokens[:, None]], dim=1)
+            valid = torch.cat([valid, ~finished[:, None]], dim=1)
         newly_finished = finished.clone()
         if eos_token_id is not None:
             newly_finished |= tokens == eos_token_id
@@ -222,12 +269,15 @@ def generate(
     Rows that finish early are padded to the common length with the pad token (EOS by default).
     """
     check_generation_args(max_new_tokens, num_return_sequences)
+    padding = leading_padding(attention_mask) if attention_mask is not None else 0
     prompt, attention_mask = prepare_prompt(model, input_ids, attention_mask, max_new_tokens, context)
     steps = [
         tokens
         for tokens, _ in stream(model, prompt, max_new_tokens, attention_mask=attention_mask,
                                 num_return_sequences=num_return_sequences, **kwargs)
     ]
+    if padding and prompt.shape[1] + padding == input_ids.shape[1]:  # give back the input's all-padding columns
+        prompt = torch.cat([input_ids[:, :padding].to(prompt.device), prompt], dim=1)
     prompt = prompt.repeat_interleave(num_return_sequences, dim=0)
     if not steps:
         return prompt

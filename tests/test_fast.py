@@ -22,3 +22,20 @@ def test_compiled_decode_equals_eager(tiny_dir, device):
     sampled = dict(do_sample=True, top_k=20, seed=3, num_return_sequences=3)
     assert torch.equal(compiled.generate(ids, 20, **sampled), eager.generate(ids, 20, **sampled))
     assert set(compiled.state_dict()) == set(eager.state_dict()), "the static cache is not in the state dict"
+
+
+@torch.no_grad()
+def test_two_streams_at_once_do_not_share_the_static_cache(tiny_dir, device):
+    """A second generation started while the first stream is still open gets a cache of its own."""
+    eager = GPT.from_pretrained(str(tiny_dir), device=device)
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    compiled = compile_decode(GPT.from_pretrained(str(tiny_dir), device=device), mode=mode)
+    a = torch.randint(0, 1000, (1, 10), generator=torch.Generator().manual_seed(0)).to(device)
+    b = torch.randint(0, 1000, (1, 7), generator=torch.Generator().manual_seed(1)).to(device)
+    first = compiled.generate_stream(a, 12)
+    tokens = [next(first)[0]]
+    inner = compiled.generate(b, 12)  # runs to the end while `first` is half way
+    tokens += [step[0] for step in first]
+    assert torch.equal(torch.cat([a, torch.stack(tokens, 1)], 1), eager.generate(a, 12))
+    assert torch.equal(inner, eager.generate(b, 12))
+    assert not compiled._static_decoder.busy  # both finished: the static cache is free again

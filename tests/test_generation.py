@@ -123,15 +123,19 @@ def test_stop_sequences(tiny_dir):
 def test_context_policy_at_the_boundary(tiny_dir):
     model = GPT.from_pretrained(str(tiny_dir))  # 128 positions
     fits = torch.randint(0, 1000, (1, 100), generator=torch.Generator().manual_seed(5))
-    assert model.generate(fits, 28).shape == (1, 128)  # exactly fills the context
+    # the last new token is never fed back: 100 + 29 - 1 = 128 positions are used, exactly the context
+    out = model.generate(fits, 29)
+    assert out.shape == (1, 129) and torch.equal(out, uncached_greedy(model, fits, 29))
     with pytest.raises(GenerationError, match="exceeds the 128-token context"):
-        model.generate(fits, 29)
+        model.generate(fits, 30)
     with pytest.warns(UserWarning, match="prompt truncated to its last 99 of 100 tokens"):
-        out = model.generate(fits, 29, context="truncate")
-    assert out.shape == (1, 128) and torch.equal(out[:, :99], fits[:, 1:])
-    assert torch.equal(out, uncached_greedy(model, fits[:, 1:], 29))
+        out = model.generate(fits, 30, context="truncate")
+    assert out.shape == (1, 129) and torch.equal(out[:, :99], fits[:, 1:])
+    assert torch.equal(out, uncached_greedy(model, fits[:, 1:], 30))
+    full = torch.randint(0, 1000, (1, 128), generator=torch.Generator().manual_seed(6))
+    assert model.generate(full, 1).shape == (1, 129)  # a full-context prompt still gets its one token
     with pytest.raises(GenerationError, match="leaves no room"):
-        model.generate(fits[:, :1], 128, context="truncate")
+        model.generate(fits[:, :1], 129, context="truncate")
 
 
 def test_bad_generation_arguments(tiny_dir):
@@ -166,3 +170,53 @@ def test_repetition_penalty_matches_transformers(tiny_hf, tiny_dir):
                            do_sample=False, repetition_penalty=1.5, pad_token_id=0)
     assert torch.equal(ours, ref)
     assert not torch.equal(ours, model.generate(ids, 25))
+
+
+@torch.no_grad()
+def test_over_padded_batches_keep_every_column(tiny_dir):
+    model = GPT.from_pretrained(str(tiny_dir))
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [0, 0, 0, 0, 8, 9]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]])  # three columns of padding in every row
+    out = model.generate(ids, 5, attention_mask=mask)
+    assert out.shape == (2, 6 + 5) and torch.equal(out[:, :6], ids)  # out[:, T:] is exactly the new tokens
+    assert torch.equal(out[0, 3:], model.generate(ids[:1, 3:], 5)[0])
+    assert torch.equal(out[1, 4:], model.generate(ids[1:, 4:], 5)[0])
+
+
+@torch.no_grad()
+def test_stop_without_eos_pads_with_the_config_eos(text_model_dir):
+    model = GPT.from_pretrained(str(text_model_dir))  # EOS 50256
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    free = model.generate(ids, 10)
+    new = free[0, 3:].tolist()
+    stop = new[1:3]
+    end = 3 + next(i for i in range(2, 11) if new[i - 2:i] == stop)  # where row 0 first ends with `stop`
+    out = model.generate(ids, 10, stop=[stop])
+    assert out[0, end:].tolist() == [50256] * (13 - end)  # padded with EOS, not token 0
+    assert torch.equal(out[0, :end], free[0, :end])
+
+
+def test_right_padded_masks_are_refused(tiny_dir):
+    model = GPT.from_pretrained(str(tiny_dir))
+    with pytest.raises(GenerationError, match="left-padded"):
+        model.generate(torch.tensor([[5, 6, 0]]), 3, attention_mask=torch.tensor([[1, 1, 0]]))
+
+
+@torch.no_grad()
+def test_no_repeat_ngram_min_new_tokens_and_bad_words_in_generation_equal_transformers(tiny_hf, tiny_dir):
+    model = GPT.from_pretrained(str(tiny_dir))
+    ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(3))
+    free = model.generate(ids, 12)
+    eos = int(free[0, 10])  # a token greedy decoding emits: as EOS it would end the row early
+    settings = [dict(no_repeat_ngram_size=2), dict(min_new_tokens=5), dict(bad_words_ids=[[int(free[0, 9])]])]
+    for kwargs in settings:
+        theirs = tiny_hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                  eos_token_id=eos, pad_token_id=eos, **kwargs)
+        words = kwargs.pop("bad_words_ids", None)
+        from minigpt.generation import generate
+        from minigpt.sampling import SamplingParams
+
+        params = SamplingParams(**kwargs, bad_words_ids=tuple(map(tuple, words)) if words else ())
+        ours = generate(model, ids, 12, params=params, eos_token_id=eos)
+        n = theirs.shape[1]
+        assert torch.equal(ours[:, :n], theirs), kwargs

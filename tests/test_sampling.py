@@ -4,17 +4,17 @@ import pytest
 import torch
 
 from minigpt import GenerationError
-from minigpt.sampling import (SamplingParams, apply_repetition_penalty, apply_temperature, process_logits,
-                              select_next, top_k_filter, top_p_filter)
+from minigpt.sampling import (SamplingParams, apply_repetition_penalty, apply_temperature, ban_bad_words,
+                              ban_repeated_ngrams, min_p_filter, process_logits, select_next, top_k_filter,
+                              top_p_filter, typical_filter)
 
 NEG = float("-inf")
 
 
-def test_top_k_keeps_exactly_k_even_with_ties():
+def test_top_k_keeps_ties_with_the_kth_value_as_transformers_does():
     logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.5, 3.0]])
     out = top_k_filter(logits, 2)
-    assert torch.isfinite(out).sum().item() == 2
-    assert set(out[0][torch.isfinite(out[0])].tolist()) == {3.0}
+    assert out.tolist() == [[NEG, 3.0, 3.0, 3.0, NEG, 3.0]]  # four tokens tie at the 2nd value: all stay
     out = top_k_filter(torch.tensor([[5.0, 1.0, 4.0, 2.0]]), 2)
     assert out.tolist() == [[5.0, NEG, 4.0, NEG]]
     assert torch.equal(top_k_filter(logits, 100), logits), "k above the vocab keeps everything"
@@ -104,3 +104,60 @@ def test_top_k_one_is_greedy():
 def test_invalid_params(kwargs):
     with pytest.raises(GenerationError):
         SamplingParams(do_sample=True, **kwargs)
+
+
+# --------------------------------------------------------------------------- the processors vs transformers'
+
+
+def hf_processed(processor, logits, ids=None):
+    ids = ids if ids is not None else torch.zeros(logits.shape[0], 1, dtype=torch.long)
+    return processor(ids, logits.clone())
+
+
+def same_scores(ours, theirs):
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    assert torch.allclose(ours[torch.isfinite(ours)], theirs[torch.isfinite(theirs)])
+
+
+@pytest.mark.parametrize("value", [0.05, 0.2, 0.9])
+def test_min_p_and_typical_p_equal_transformers(value):
+    from transformers.generation.logits_process import MinPLogitsWarper, TopKLogitsWarper, TypicalLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 300) * 3
+    logits[0, :10] = 5.0  # ties
+    same_scores(min_p_filter(logits.clone(), value), hf_processed(MinPLogitsWarper(value), logits))
+    same_scores(typical_filter(logits.clone(), value), hf_processed(TypicalLogitsWarper(value), logits))
+    bf16 = logits.bfloat16().float()  # bf16 logits tie often: top-k keeps every tie, as transformers does
+    same_scores(top_k_filter(bf16.clone(), 50), hf_processed(TopKLogitsWarper(50), bf16))
+
+
+def test_no_repeat_ngrams_and_bad_words_equal_transformers():
+    from transformers.generation.logits_process import NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (5, 30), generator=gen)  # a small vocabulary repeats n-grams often
+    logits = torch.randn(5, 8, generator=gen)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    for n in (1, 2, 3, 4):
+        same_scores(ban_repeated_ngrams(logits.clone(), ids, valid, n),
+                    hf_processed(NoRepeatNGramLogitsProcessor(n), logits, ids))
+    words = ((3,), (1, 2), (4, 4, 5), (7,))
+    same_scores(ban_bad_words(logits.clone(), words, ids, 7),
+                hf_processed(NoBadWordsLogitsProcessor([list(w) for w in words], eos_token_id=7), logits, ids))
+
+
+def test_no_repeat_ngrams_ignore_padding():
+    logits = torch.zeros(1, 6)
+    ids = torch.tensor([[5, 5, 1, 5]])  # left padding 5, 5 (mask 0), then the row: 1, 5
+    out = ban_repeated_ngrams(logits, ids, torch.tensor([[0, 0, 1, 1]]), 2)
+    assert torch.isfinite(out).all()  # (5, 5) is padding: after 5 nothing is banned
+    out = ban_repeated_ngrams(logits, ids, torch.ones(1, 4), 2)
+    assert torch.isinf(out[0, 5]) and torch.isinf(out[0, 1])
+
+
+def test_min_new_tokens_bans_eos_until_reached():
+    logits = torch.zeros(2, 5)
+    params = SamplingParams(min_new_tokens=3)
+    assert torch.isinf(process_logits(logits, params, None, new_tokens=2, eos_token_id=4)[:, 4]).all()
+    assert torch.isfinite(process_logits(logits, params, None, new_tokens=3, eos_token_id=4)).all()

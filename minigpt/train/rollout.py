@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from ..generation import decode_step, prefill
+from ..generation import decode_step, prefill, release
 from ..model import GPT
 from ..sampling import SamplingParams, select_next
 from .rl import entropy_from_logps, last_token_index
@@ -78,16 +78,19 @@ def sample_responses(policy: GPT, prompts: list[list[int]], *, max_new_tokens: i
     logits, state = prefill(policy, query_ids, query_mask, Q + max_new_tokens)
     finished = torch.zeros(B, dtype=torch.bool, device=policy.device)
     tokens, logps, valid = [], [], []
-    for step in range(max_new_tokens):
-        token = select_next(logits, params, None, generator).masked_fill(finished, eos_id)  # [B]
-        logp = (logits.float() / temperature).log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)  # [B]
-        tokens.append(token)
-        valid.append(~finished)
-        logps.append(logp.masked_fill(finished, 0.0))
-        finished = finished | (token == eos_id)
-        if step + 1 == max_new_tokens or bool(finished.all()):
-            break
-        logits = decode_step(policy, token, state)
+    try:
+        for step in range(max_new_tokens):
+            token = select_next(logits, params, None, generator).masked_fill(finished, eos_id)  # [B]
+            logp = (logits.float() / temperature).log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)  # [B]
+            tokens.append(token)
+            valid.append(~finished)
+            logps.append(logp.masked_fill(finished, 0.0))
+            finished = finished | (token == eos_id)
+            if step + 1 == max_new_tokens or bool(finished.all()):
+                break
+            logits = decode_step(policy, token, state)
+    finally:
+        release(state)  # the compiled path's static cache, if this took it
     return Rollouts(query_ids, query_mask, torch.stack(tokens, 1), torch.stack(valid, 1).float(),
                     torch.stack(logps, 1), eos_id)
 
