@@ -100,13 +100,15 @@ def prepare_prompt(
 
 
 @torch.no_grad()
-def prefill(model: GPT, input_ids: Tensor, attention_mask: Tensor, max_len: int) -> tuple[Tensor, DecodeState]:
+def prefill(model: GPT, input_ids: Tensor, attention_mask: Tensor, max_len: int, *,
+            allow_static: bool = True) -> tuple[Tensor, DecodeState]:
     """Run the whole prompt [B, T] once into a fresh cache of max_len slots; return last logits [B, V].
 
-    On the compiled path the generation takes the model's static cache; a second generation running at the same
-    time (a stream still open) gets an eager cache of its own instead, so the two never share slots."""
+    On the compiled path the generation takes the model's static cache (unless `allow_static` is False: beam
+    search re-indexes its cache); a second generation running at the same time (a stream still open) gets an
+    eager cache of its own instead, so the two never share slots."""
     B, T = input_ids.shape
-    decoder = getattr(model, "_static_decoder", None)
+    decoder = getattr(model, "_static_decoder", None) if allow_static else None
     if decoder is not None and not decoder.busy:
         decoder.busy = True
         cache = decoder.cache_for(B, max_len)
@@ -183,10 +185,13 @@ def stream(
     stop: StopCheck | None = None,
     seed: int | None = None,
     context: str = "error",
-) -> Iterator[tuple[Tensor, Tensor]]:
+    logprobs: bool = False,
+) -> Iterator[tuple[Tensor, ...]]:
     """Yield (new tokens [B*N], finished [B*N] bool) once per step. Finished rows yield the pad token.
 
-    The prompt is input_ids [B, T], left-padded where attention_mask [B, T] is 0.
+    The prompt is input_ids [B, T], left-padded where attention_mask [B, T] is 0. With `logprobs`, each step also
+    yields the tokens' log-probabilities under the model's unprocessed distribution (log-softmax of the raw
+    logits) [B*N], NaN for rows that had already finished.
     """
     check_generation_args(max_new_tokens, num_return_sequences)
     input_ids, attention_mask = prepare_prompt(model, input_ids, attention_mask, max_new_tokens, context)
@@ -211,15 +216,15 @@ def stream(
     try:
         yield from _decode_loop(model, logits, state, input_ids, attention_mask, max_new_tokens, params=params,
                                 eos_token_id=eos_token_id, eos_for_processors=eos_for_processors, pad=pad,
-                                stop=stop, generator=generator)
+                                stop=stop, generator=generator, logprobs=logprobs)
     finally:
         release(state)
 
 
 def _decode_loop(model: GPT, logits: Tensor, state: DecodeState, input_ids: Tensor, attention_mask: Tensor,
                  max_new_tokens: int, *, params: SamplingParams, eos_token_id: int | None, eos_for_processors: int,
-                 pad: int, stop: StopCheck | None, generator: torch.Generator | None,
-                 ) -> Iterator[tuple[Tensor, Tensor]]:
+                 pad: int, stop: StopCheck | None, generator: torch.Generator | None, logprobs: bool = False,
+                 ) -> Iterator[tuple[Tensor, ...]]:
     """The token-by-token loop of `stream` over rows that are already expanded (prompt [rows, T] each)."""
     device = logits.device
     rows = logits.shape[0]
@@ -247,11 +252,24 @@ def _decode_loop(model: GPT, logits: Tensor, state: DecodeState, input_ids: Tens
                     generated[row].append(token)
                     if stop(generated[row]):
                         newly_finished[row] = True
-        yield tokens, newly_finished
+        if logprobs:
+            raw = logits.float().log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+            yield tokens, newly_finished, raw.masked_fill(finished, float("nan"))
+        else:
+            yield tokens, newly_finished
         finished = newly_finished
         if step + 1 == max_new_tokens or bool(finished.all()):
             return
         logits = decode_step(model, tokens, state)
+
+
+@dataclass
+class GenerateOutput:
+    """What `generate(..., return_dict=True)` returns."""
+
+    sequences: Tensor  # [B * N, T + new]: what `generate` returns by default
+    sequences_scores: Tensor | None  # beams: each returned hypothesis's length-penalised score; None otherwise
+    token_logprobs: Tensor  # [B * N, new]: log-softmax of the raw logits at each generated token; NaN after the end
 
 
 def generate(
@@ -262,26 +280,43 @@ def generate(
     attention_mask: Tensor | None = None,
     num_return_sequences: int = 1,
     context: str = "error",
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    return_dict: bool = False,
     **kwargs,
-) -> Tensor:
-    """Prompt plus continuation: LongTensor [B * num_return_sequences, T + new] (see `stream` for arguments).
+) -> Tensor | GenerateOutput:
+    """Prompt plus continuation: LongTensor [B * num_return_sequences, T + new] (see `stream` for arguments),
+    or with `return_dict` a GenerateOutput. `num_beams > 1` is beam search (`minigpt.beam`).
 
-    Rows that finish early are padded to the common length with the pad token (EOS by default).
+    Rows that finish early are padded to the common length with the pad token (EOS by default); beam search
+    crops to its longest returned hypothesis, as transformers does.
     """
     check_generation_args(max_new_tokens, num_return_sequences)
     padding = leading_padding(attention_mask) if attention_mask is not None else 0
     prompt, attention_mask = prepare_prompt(model, input_ids, attention_mask, max_new_tokens, context)
-    steps = [
-        tokens
-        for tokens, _ in stream(model, prompt, max_new_tokens, attention_mask=attention_mask,
-                                num_return_sequences=num_return_sequences, **kwargs)
-    ]
+    if num_beams != 1:
+        from .beam import beam_search
+
+        if kwargs.pop("stop", None) is not None or kwargs.pop("seed", None) is not None:
+            raise GenerationError("stop sequences and seeds do not apply to beam search")
+        result = beam_search(model, prompt, max_new_tokens, num_beams=num_beams, attention_mask=attention_mask,
+                             length_penalty=length_penalty, early_stopping=early_stopping,
+                             num_return_sequences=num_return_sequences, **kwargs)
+        sequences, scores, logprobs = result.sequences, result.scores, result.token_logprobs
+    else:
+        steps = list(stream(model, prompt, max_new_tokens, attention_mask=attention_mask,
+                            num_return_sequences=num_return_sequences, logprobs=True, **kwargs))
+        rows = prompt.repeat_interleave(num_return_sequences, dim=0)
+        new = torch.stack([s[0] for s in steps], 1) if steps else rows[:, :0]
+        sequences, scores = torch.cat([rows, new], 1), None
+        logprobs = torch.stack([s[2] for s in steps], 1) if steps else new.float()
     if padding and prompt.shape[1] + padding == input_ids.shape[1]:  # give back the input's all-padding columns
-        prompt = torch.cat([input_ids[:, :padding].to(prompt.device), prompt], dim=1)
-    prompt = prompt.repeat_interleave(num_return_sequences, dim=0)
-    if not steps:
-        return prompt
-    return torch.cat([prompt, torch.stack(steps, dim=1)], dim=1)
+        lead = input_ids[:, :padding].to(sequences.device).repeat_interleave(num_return_sequences, dim=0)
+        sequences = torch.cat([lead, sequences], dim=1)
+    if return_dict:
+        return GenerateOutput(sequences, scores, logprobs)
+    return sequences
 
 
 def stop_sequences_check(stop: Sequence[Sequence[int]]) -> StopCheck:

@@ -219,21 +219,39 @@ class GPT(nn.Module):
         stop: list[list[int]] | None = None,
         seed: int | None = None,
         context: str = "error",
-    ) -> Tensor:
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
+        no_repeat_ngram_size: int = 0,
+        min_new_tokens: int = 0,
+        bad_words_ids: list[list[int]] | None = None,
+        min_p: float | None = None,
+        typical_p: float | None = None,
+        return_dict: bool = False,
+    ):
         """Prompt + continuation, LongTensor [B * num_return_sequences, T + new], KV-cached.
 
-        Greedy unless `do_sample`. Left-pad ragged prompts and pass `attention_mask`. A row stops at
+        Greedy unless `do_sample`; beam search with `num_beams > 1` (`length_penalty`, `early_stopping` True /
+        False / "never", as transformers). Left-pad ragged prompts and pass `attention_mask`. A row stops at
         `eos_token_id` or when it ends with one of the `stop` id sequences, and is padded with EOS after.
+        Processors as transformers': `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids`,
+        `min_new_tokens`, then (sampling) temperature, `top_k`, `top_p`, `min_p`, `typical_p`.
         `context` is the policy when prompt + max_new_tokens passes n_positions: "error" or "truncate".
+        `return_dict=True` returns a `minigpt.generation.GenerateOutput` (`sequences`, `sequences_scores`,
+        `token_logprobs`).
         """
         from .generation import generate, stop_sequences_check
         from .sampling import SamplingParams
 
-        params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
+        params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty,
+                                no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+                                bad_words_ids=tuple(tuple(w) for w in bad_words_ids or ()), min_p=min_p,
+                                typical_p=typical_p)
         return generate(
             self, input_ids, max_new_tokens, params=params, num_return_sequences=num_return_sequences,
             attention_mask=attention_mask, eos_token_id=eos_token_id,
-            stop=stop_sequences_check(stop) if stop else None, seed=seed, context=context,
+            stop=stop_sequences_check(stop) if stop else None, seed=seed, context=context, num_beams=num_beams,
+            length_penalty=length_penalty, early_stopping=early_stopping, return_dict=return_dict,
         )
 
     def generate_stream(self, input_ids: Tensor, max_new_tokens: int, **kwargs):
