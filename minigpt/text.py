@@ -116,6 +116,7 @@ class Completion:
     prompt_ids: list[int]
     new_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "length", "eos" or "stop"
+    score: float | None = None  # beam search: the hypothesis's length-penalised score
 
     @property
     def text(self) -> str:
@@ -182,3 +183,49 @@ def complete(model: GPT, tokenizer: Tokenizer, prompts: str | Sequence[str], max
     """Generate completions for one prompt or several (arguments as `stream_completions`)."""
     *_, results = stream_completions(model, tokenizer, prompts, max_new_tokens, **kwargs)
     return results
+
+
+def beam_completions(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *, num_beams: int,
+                     num_return_sequences: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
+                     params: SamplingParams = SamplingParams(), context: str = "error") -> list[Completion]:
+    """The best `num_return_sequences` beam-search hypotheses for one prompt, best first (`minigpt.beam`)."""
+    from .generation import generate
+
+    ids, mask = encode_prompts(tokenizer, [prompt])
+    eos = tokenizer.eos_token_id
+    out = generate(model, ids, max_new_tokens, attention_mask=mask, num_beams=num_beams, params=params,
+                   num_return_sequences=num_return_sequences, length_penalty=length_penalty,
+                   early_stopping=early_stopping, eos_token_id=eos, context=context, return_dict=True)
+    prompt_ids = ids[0][mask[0].bool()].tolist()
+    results = []
+    for row, score in zip(out.sequences.tolist(), out.sequences_scores.tolist()):
+        new = row[ids.shape[1]:]
+        ended = eos in new
+        new = new[: new.index(eos)] if ended else new
+        results.append(Completion(tokenizer.decode(prompt_ids) if prompt else "", tokenizer.decode(new), prompt_ids,
+                                  new, "eos" if ended else "length", score))
+    return results
+
+
+@torch.no_grad()
+def completion_logprobs(model: GPT, tokenizer: Tokenizer, completion: Completion, top: int) -> dict:
+    """OpenAI completions' `logprobs` for one completion: every new token's text, its log-probability under the
+    model's unprocessed distribution, the `top` most likely tokens at that position, and its text offset (from
+    the start of prompt + completion). One uncached forward pass over prompt + completion."""
+    ids = completion.prompt_ids + completion.new_ids
+    if not completion.new_ids:
+        return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    logits = model(torch.tensor([ids], device=model.device))[0, len(completion.prompt_ids) - 1: -1]  # [new, V]
+    logp = logits.float().log_softmax(-1)
+    chosen = logp.gather(-1, torch.tensor(completion.new_ids, device=logp.device)[:, None])[:, 0].tolist()
+    best = logp.topk(min(top, logp.shape[-1]), dim=-1) if top > 0 else None
+    offsets, start = [], len(completion.prompt)
+    for i in range(len(completion.new_ids)):
+        offsets.append(start + len(tokenizer.decode(completion.new_ids[:i])))
+    return {
+        "tokens": [tokenizer.decode([t]) for t in completion.new_ids],
+        "token_logprobs": chosen,
+        "top_logprobs": [{tokenizer.decode([t]): v for t, v in zip(ti.tolist(), vi.tolist())}
+                         for vi, ti in zip(best.values, best.indices)] if best is not None else [],
+        "text_offset": offsets,
+    }

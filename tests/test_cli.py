@@ -87,6 +87,10 @@ BAD_ARGS = {
     "not a number": (["--max-new-tokens", "many"], "invalid int value"),
     "prompt too long": (["--max-new-tokens", "250", "--prompt", "word " * 20], "context"),
     "missing prompt file": (["--prompt-file", "/no/such/file.txt"], "--prompt-file"),
+    "zero beams": (["--num-beams", "0"], "--num-beams"),
+    "more samples than beams": (["--num-beams", "2", "--num-samples", "3"], "--num-samples 3 must be <="),
+    "stream with beams": (["--num-beams", "2", "--stream"], "--stream does not work with beam search"),
+    "negative n-gram size": (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size"),
 }
 
 
@@ -159,3 +163,26 @@ def test_instruct_with_the_default_template(text_model_dir):
                      "--greedy", "--max-new-tokens", "5", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["samples"][0]["prompt"] == "### Instruction:\nSay hi\n\n### Response:\n"
+
+
+def test_beams_and_logprobs_from_the_cli(text_model_dir):
+    beams = run_cli("--model", str(text_model_dir), "--prompt", "The sky is", "--num-beams", "5",
+                    "--no-repeat-ngram-size", "2", "--num-samples", "5", "--max-new-tokens", "8", "--json")
+    assert beams.returncode == 0, beams.stderr
+    samples = json.loads(beams.stdout)["samples"]
+    assert len(samples) == 5 and len({tuple(s["new_ids"]) for s in samples}) == 5  # five distinct beams
+    scores = [s["score"] for s in samples]
+    assert scores == sorted(scores, reverse=True)  # best first
+    model = GPT.from_pretrained(str(text_model_dir))
+    ids = torch.tensor([samples[0]["prompt_ids"]])
+    expected = model.generate(ids, 8, num_beams=5, no_repeat_ngram_size=2, eos_token_id=50256)
+    assert samples[0]["new_ids"] == [t for t in expected[0, ids.shape[1]:].tolist() if t != 50256]
+    greedy = run_cli("--model", str(text_model_dir), "--prompt", "The sky is", "--greedy", "--max-new-tokens", "4",
+                     "--json", "--logprobs", "3")
+    sample = json.loads(greedy.stdout)["samples"][0]
+    logprobs = sample["logprobs"]
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"]) == 4
+    assert "".join(logprobs["tokens"]) == sample["completion"]
+    for token, value, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"]):
+        assert len(top) == 3 and max(top.values()) == pytest.approx(value, abs=1e-5)  # greedy took the best
+    assert logprobs["text_offset"][0] == len(sample["prompt"])

@@ -65,10 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="random seed: the same seed reproduces the same samples")
     gen.add_argument("--stop", action="append", default=[], help="stop a sample at this string (repeatable); "
                      "the stop string is not printed")
+    gen.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size "
+                     "(prompt included) (default: 0 = off)")
+    gen.add_argument("--min-new-tokens", type=int, default=0, help="no <|endoftext|> before this many tokens "
+                     "(default: 0)")
+    gen.add_argument("--min-p", type=float, help="sample only tokens with probability >= this x the top "
+                     "token's (default: off)")
+    gen.add_argument("--typical-p", type=float, help="locally typical sampling mass in (0, 1] (default: off)")
+
+    beam = parser.add_argument_group("beam search")
+    beam.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default: 1 = "
+                      "off); --num-samples returns that many of the best hypotheses, best first")
+    beam.add_argument("--length-penalty", type=float, default=1.0, help="a hypothesis scores sum(log-probs) / "
+                      "length**this; > 0 favours longer ones (default: 1.0)")
+    beam.add_argument("--early-stopping", default="false", choices=["true", "false", "never"],
+                      help="true: stop once num-beams hypotheses are done; false: once no running beam can "
+                      "beat them (a heuristic); never: the exact bound (default: false), as transformers")
 
     out = parser.add_argument_group("output")
     out.add_argument("--stream", action="store_true", help="print the first sample token by token as it is made")
     out.add_argument("--json", action="store_true", help="print JSON with each sample's text and token ids")
+    out.add_argument("--logprobs", type=int, metavar="N", help="with --json: each generated token's text, "
+                     "log-probability and its N most likely alternatives (OpenAI completions' logprobs: tokens, "
+                     "token_logprobs, top_logprobs, text_offset)")
     return parser
 
 
@@ -91,6 +110,24 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("give --prompt or --prompt-file, not both")
     if not args.instruct and (args.template or args.instruct_input):
         raise UsageError("--template and --input only apply with --instruct")
+    if args.no_repeat_ngram_size < 0 or args.min_new_tokens < 0:
+        raise UsageError("--no-repeat-ngram-size and --min-new-tokens must be >= 0")
+    if args.min_p is not None and not 0 <= args.min_p <= 1:
+        raise UsageError(f"--min-p must be in [0, 1], got {args.min_p}")
+    if args.typical_p is not None and not 0 < args.typical_p <= 1:
+        raise UsageError(f"--typical-p must be in (0, 1], got {args.typical_p}")
+    if args.logprobs is not None and (args.logprobs < 0 or not args.json):
+        raise UsageError("--logprobs N needs --json and N >= 0")
+    if args.num_beams < 1:
+        raise UsageError(f"--num-beams must be >= 1, got {args.num_beams}")
+    if args.num_beams > 1:
+        if args.num_samples > args.num_beams:
+            raise UsageError(f"--num-samples {args.num_samples} must be <= --num-beams {args.num_beams} (beam search "
+                             "returns its best hypotheses)")
+        if args.stream:
+            raise UsageError("--stream does not work with beam search (the best beam is known only at the end)")
+        if args.stop:
+            raise UsageError("--stop does not work with beam search")
 
 
 def instruct_prompt(args: argparse.Namespace, instruction: str) -> str:
@@ -145,7 +182,7 @@ def load(args: argparse.Namespace, device: torch.device):
 
 def run(args: argparse.Namespace) -> int:
     from ..sampling import SamplingParams
-    from ..text import stream_completions
+    from ..text import beam_completions, completion_logprobs, stream_completions
 
     check_args(args)
     device = pick_device(args.device)
@@ -154,12 +191,19 @@ def run(args: argparse.Namespace) -> int:
         prompt = instruct_prompt(args, prompt)
     model, tokenizer = load(args, device)
     params = SamplingParams(
-        do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k or None,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        do_sample=not args.greedy and args.num_beams == 1, temperature=args.temperature, top_k=args.top_k or None,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        min_new_tokens=args.min_new_tokens, min_p=args.min_p, typical_p=args.typical_p,
     )
     n = args.num_samples
-    events = stream_completions(model, tokenizer, prompt, args.max_new_tokens, params=params,
-                                num_return_sequences=n, stop=args.stop, seed=args.seed, context=args.context)
+    if args.num_beams > 1:
+        early = {"true": True, "false": False, "never": "never"}[args.early_stopping]
+        events = [beam_completions(model, tokenizer, prompt, args.max_new_tokens, num_beams=args.num_beams,
+                                   num_return_sequences=n, length_penalty=args.length_penalty, early_stopping=early,
+                                   params=params, context=args.context)]
+    else:
+        events = stream_completions(model, tokenizer, prompt, args.max_new_tokens, params=params,
+                                    num_return_sequences=n, stop=args.stop, seed=args.seed, context=args.context)
     live = args.stream and not args.json
     header = (lambda i: f"=== sample {i + 1}/{n} ===") if n > 1 else (lambda i: None)
     if live:
@@ -175,10 +219,16 @@ def run(args: argparse.Namespace) -> int:
             print(event[1], end="", flush=True)
     assert results is not None
     if args.json:
-        payload = {"model": args.model, "samples": [
-            {"sample": i, "prompt": r.prompt, "completion": r.completion, "text": r.text,
-             "prompt_ids": r.prompt_ids, "new_ids": r.new_ids, "finish_reason": r.finish_reason}
-            for i, r in enumerate(results)]}
+        samples = []
+        for i, r in enumerate(results):
+            sample = {"sample": i, "prompt": r.prompt, "completion": r.completion, "text": r.text,
+                      "prompt_ids": r.prompt_ids, "new_ids": r.new_ids, "finish_reason": r.finish_reason}
+            if r.score is not None:
+                sample["score"] = r.score
+            if args.logprobs is not None:
+                sample["logprobs"] = completion_logprobs(model, tokenizer, r, args.logprobs)
+            samples.append(sample)
+        payload = {"model": args.model, "samples": samples}
         print(json.dumps(payload, ensure_ascii=False, indent=2))
         return 0
     for i, result in enumerate(results):
