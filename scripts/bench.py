@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: float32,bfloat16)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case and library (default: 5)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per decode run (default: 64)")
-    p.add_argument("--cases", default="decode,samples,prefill,load", help="which cases (default: all)")
+    p.add_argument("--cases", default="decode,samples,beams,prefill,load", help="which cases (default: all)")
     p.add_argument("--compile", action="store_true", help="also time minigpt with compile=True (GPU)")
     p.add_argument("--json-out", help="also write the results as JSON here")
     p.add_argument("--no-transformers", action="store_true", help="time minigpt alone")
@@ -181,6 +181,19 @@ def main() -> int:
                 t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, args.repeats, device)
                 rows.append(dict(case=f"5 samples, 16+{new} top-k 50", dtype=dtype_name, unit="tok/s",
                                  values={k: 5 * new / v for k, v in t.items()}, seconds=t))
+            if "beams" in cases:
+                log(f"[{dtype_name}] beam search, 5 beams ...")
+                fns = {}
+                for k, m in libs.items():
+                    if k.startswith("minigpt"):
+                        fns[k] = (lambda m=m: m.generate(prompt16, new, num_beams=5, eos_token_id=-1))
+                    else:
+                        fns[k] = (lambda m=m: m.generate(prompt16, attention_mask=torch.ones_like(prompt16),
+                                                         max_new_tokens=new, num_beams=5, do_sample=False,
+                                                         eos_token_id=None, pad_token_id=0))
+                t = interleave(fns, args.repeats, device)
+                rows.append(dict(case=f"beam search, 5 beams, 16+{new}", dtype=dtype_name, unit="tok/s",
+                                 values={k: new / v for k, v in t.items()}, seconds=t))
             if "prefill" in cases:
                 log(f"[{dtype_name}] prefill 512 ...")
                 fns = {}

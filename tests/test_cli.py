@@ -132,8 +132,8 @@ def test_truncate_policy_warns_and_generates(text_model_dir):
     result = run_cli("--model", str(text_model_dir), "--max-new-tokens", "250", "--prompt", "word " * 20,
                      "--context", "truncate", "--greedy", "--json")
     assert result.returncode == 0, result.stderr
-    assert "prompt truncated to its last 6 of 21 tokens" in result.stderr
-    assert len(json.loads(result.stdout)["samples"][0]["prompt_ids"]) == 6
+    assert "prompt truncated to its last 7 of 21 tokens" in result.stderr  # 7 + 250 - 1 = 256 positions
+    assert len(json.loads(result.stdout)["samples"][0]["prompt_ids"]) == 7
 
 
 def test_instruct_applies_the_saved_template(sft_run, sft_data):
