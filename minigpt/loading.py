@@ -46,12 +46,15 @@ def load_pretrained(
     config: GPTConfig | str | None = None,
     allow_pickle: bool = False,
     compile: bool = False,
+    layouts: str = "measure",
 ) -> GPT:
     """Load a GPT-2 checkpoint: a hub id, a local directory, or a single `.safetensors` file.
 
     config: overrides (or supplies, for a bare file) the model config: a `GPTConfig` or a preset name.
     allow_pickle: also load `.bin` files, through `torch.load(weights_only=True)`.
     compile: decode through a torch.compile'd static-cache step (CUDA graphs on GPU; see minigpt.fast).
+    layouts: "measure" (default) stores each CPU weight in the layout whose matrix product measured fastest on
+        this machine (`minigpt.kernels`; same names, shapes and values); "as-is" keeps the checkpoint's [in, out].
     """
     files = resolve_checkpoint(name_or_path, revision=revision, config=config, allow_pickle=allow_pickle)
     dtype = dtype or torch.float32
@@ -62,6 +65,10 @@ def load_pretrained(
     state = read_state_dict(files.weights, expected, dtype=dtype, device=device)
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()
+    if layouts == "measure":
+        from .kernels import choose_layouts_
+
+        choose_layouts_(model)
     if compile:
         from .fast import compile_decode
 

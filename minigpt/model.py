@@ -2,7 +2,7 @@
 
 Parameter names and shapes are HuggingFace's (`wte`, `wpe`, `h.N.ln_1`, `h.N.attn.c_attn`, ...; projection
 weights stored [in, out] as GPT-2's Conv1D stores them), so a hub checkpoint maps onto this module by dropping a
-`transformer.` prefix. Why [in, out] rather than nn.Linear's [out, in]: see `matmul_in_out`.
+`transformer.` prefix. Weights are seen [in, out]; how they are stored and multiplied: `minigpt.kernels`.
 
 Shapes: B batch, T new tokens, S key slots (T without a cache, the cache's length with one),
 H heads, D head_dim, C n_embd, V vocab_size.
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPTConfig
+from .kernels import matmul_in_out
 
 
 @dataclass
@@ -57,38 +58,18 @@ class KVCache:
         self.values = [v.index_select(0, rows) for v in self.values]
 
 
-def matmul_in_out(x: Tensor, w: Tensor) -> Tensor:
-    """x [..., in] @ w [in, out] -> [..., out].
-
-    Decoding at batch 1 is a matrix-vector product bound by reading w. On CPU in float32 one GEMV call runs at
-    ~13-20 GB/s here; splitting w's columns into two strided halves and running them as one `bmm` uses both
-    cores and measured ~27 GB/s (33 GB/s for the LM head), so that is what float32 CPU matmuls do. Results
-    differ from a plain matmul only in rounding. bf16 and GPU take the plain path (the split measured slower).
-    """
-    n_in, n_out = w.shape
-    if x.device.type != "cpu" or w.dtype != torch.float32 or n_out < 2:
-        return x @ w
-    lead = x.shape[:-1]
-    rows = x.reshape(1, -1, n_in)  # [1, M, in]
-    half = n_out // 2
-    halves = w[:, : 2 * half].unflatten(1, (2, half)).transpose(0, 1)  # [2, in, out/2], views of w
-    y = torch.bmm(rows.expand(2, -1, -1), halves).transpose(0, 1).reshape(*lead, 2 * half)  # [..., 2*half]
-    if n_out % 2:  # an odd last column (the 50257-token LM head)
-        y = torch.cat([y, x @ w[:, 2 * half:]], dim=-1)
-    return y
-
-
 class Conv1D(nn.Module):
     """y = x @ weight + bias with weight stored [in, out], the layout GPT-2 checkpoints use (no transposes)."""
 
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))  # [in, out]; its storage may be [out, in] (kernels)
         self.bias = nn.Parameter(torch.zeros(n_out))
+        self.split = True  # float32 CPU: the split GEMV unless `choose_layouts_` measured something faster
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        return matmul_in_out(x, self.weight) + self.bias  # [..., out]
+        return matmul_in_out(x, self.weight, self.split) + self.bias  # [..., out]
 
 
 class CausalSelfAttention(nn.Module):
@@ -176,6 +157,7 @@ class GPT(nn.Module):
         # One copy of the tied matrix, stored [C, V] so the LM head reads it row by row (fast GEMV);
         # `wte.weight` is its [V, C] transposed view, so names and shapes stay HuggingFace's.
         self.wte.weight = nn.Parameter(torch.empty(config.n_embd, config.vocab_size).t())
+        self.split_head = True  # as Conv1D.split, for the LM head
         nn.init.normal_(self.wte.weight, std=0.02)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         nn.init.normal_(self.wpe.weight, std=0.01)
@@ -270,7 +252,7 @@ class GPT(nn.Module):
 
     def lm_head(self, x: Tensor) -> Tensor:
         """Logits [B, T, V] from final hidden states [B, T, C]; the output matrix is tied to `wte`."""
-        return matmul_in_out(x, self.wte.weight.t())  # wte.weight.t() is the contiguous [C, V] storage
+        return matmul_in_out(x, self.wte.weight.t(), self.split_head)  # [C, V], stored either way
 
     def forward(
         self,

@@ -261,6 +261,10 @@ def print_table(rows: list[dict], args, device: str, use_hf: bool) -> None:
             ratio = me / hf if r["unit"] == "tok/s" else hf / me
             line += f" {ratio:.2f}× |"
         print(line)
+    decode = {r["dtype"]: r for r in rows if "step_bytes" in r}
+    if {"float32", "bfloat16"} <= set(decode):
+        ratio = decode["bfloat16"]["values"]["minigpt"] / decode["float32"]["values"]["minigpt"]
+        print(f"\nminigpt bf16 decode vs its fp32 decode: {ratio:.2f}× (target ≥ 1.0: bf16 reads half the bytes)")
     for r in rows:
         if "step_bytes" in r:
             print(f"\n{r['dtype']} decode: {r['step_bytes'] / 1e6:.0f} MB of weights read per step.", end="")

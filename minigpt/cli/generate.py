@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                      help="where to run (default: auto = cuda, then mps, then cpu)")
     src.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
-    src.add_argument("--compile", action="store_true", help="torch.compile the decode step (GPU; slow first call)")
+    src.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA; slow first "
+                     "call; on the CPUs measured so far it was slower than eager)")
 
     inp = parser.add_argument_group("prompt")
     inp.add_argument("--prompt", help="prompt text; '-' reads stdin; empty means unconditional (starts from "
@@ -172,6 +174,9 @@ def load(args: argparse.Namespace, device: torch.device):
     from ..tokenizer import Tokenizer
 
     status(f"loading {args.model} on {device} ({args.dtype}) ...")
+    if args.compile and device.type == "cpu":
+        warnings.warn("--compile on a CPU: the first call compiles for tens of seconds and, on the 2-core CPUs "
+                      "measured so far, decoding was slower than eager afterwards; it is meant for CUDA")
     start = time.perf_counter()
     model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype], config=args.config,
                             compile=args.compile)

@@ -1,0 +1,127 @@
+"""Matrix products for GPT-2's weights, with the layout and kernel picked by measurement on this machine.
+
+A projection weight is always seen as HuggingFace's [in, out] (`Conv1D.weight`, `lm_head` = `wte.weight.t()`),
+but its storage may be either layout: [in, out] contiguous (GPT-2's own) or [out, in] contiguous with the
+[in, out] parameter being its transposed view. `matmul_in_out(x, w, split)` dispatches on the storage, so the
+result is right whatever the layout; only the speed differs, and by a lot from one CPU to the next: on a 2-core
+AVX2 EPYC a bf16 `x @ W[in, out]` GEMV reads 0.7-1 GB/s while `F.linear(x, W[out, in])` reads 10-19 GB/s, and in
+fp32 the best of plain, split-in-two and [out, in] differs by shape.
+
+`choose_layouts_(model)` times the candidates once per (device, dtype, shape) on matrices of the model's shapes,
+cycling through more bytes than the caches hold (decoding reads every weight from memory), re-lays each weight
+out in place (one matrix at a time: never a second copy of the model) and records the kernel on the module. The
+measurements are kept for the process (`_MEASURED`), so a second model of the same shapes loads without timing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KERNELS = ("in_out", "in_out_split", "out_in")
+_MEASURED: dict[tuple, str] = {}  # (device type, dtype, n_in, n_out) -> fastest kernel, for this process
+CYCLE_BYTES = 24 << 20  # more than a CPU's last-level cache, so the timing sees memory, as decoding does
+
+
+def stored_out_in(w: Tensor) -> bool:
+    """Whether the [in, out] weight `w` is the transposed view of a contiguous [out, in] matrix."""
+    return w.dim() == 2 and not w.is_contiguous() and w.t().is_contiguous()
+
+
+def matmul_in_out(x: Tensor, w: Tensor, split: bool = False) -> Tensor:
+    """x [..., in] @ w [in, out] -> [..., out], by the kernel w's storage and `split` ask for.
+
+    [out, in] storage: `F.linear`. [in, out] storage: `x @ w`, or with `split` (float32 CPU) w's columns cut in
+    two strided halves run as one `bmm`, which keeps both cores of a small CPU busy. All three agree up to
+    rounding."""
+    if stored_out_in(w):
+        return F.linear(x, w.t())
+    n_in, n_out = w.shape
+    if not split or x.device.type != "cpu" or w.dtype != torch.float32 or n_out < 2:
+        return x @ w
+    lead = x.shape[:-1]
+    rows = x.reshape(1, -1, n_in)  # [1, M, in]
+    half = n_out // 2
+    halves = w[:, : 2 * half].unflatten(1, (2, half)).transpose(0, 1)  # [2, in, out/2], views of w
+    y = torch.bmm(rows.expand(2, -1, -1), halves).transpose(0, 1).reshape(*lead, 2 * half)  # [..., 2*half]
+    if n_out % 2:  # an odd last column (the 50257-token LM head)
+        y = torch.cat([y, x @ w[:, 2 * half:]], dim=-1)
+    return y
+
+
+def relayout(w: Tensor, kernel: str) -> Tensor:
+    """`w` ([in, out]) with the storage `kernel` reads fastest: the same values, one temporary copy."""
+    want_out_in = kernel == "out_in"
+    if want_out_in == stored_out_in(w):
+        return w
+    if want_out_in:
+        return w.t().contiguous().t()
+    return w.contiguous()
+
+
+def _time_kernel(kernel: str, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device,
+                 give_up: float) -> float:
+    """Seconds per GEMV (one token) with `kernel`, cycling through enough matrices to miss the caches; inf as soon
+    as it is clearly slower than `give_up` seconds per GEMV (a bf16 cliff is not timed for long)."""
+    bytes_per = n_in * n_out * torch.finfo(dtype).bits // 8
+    copies = max(1, min(16, CYCLE_BYTES // max(1, bytes_per)))
+    mats = [relayout(torch.full((n_in, n_out), 0.01, dtype=dtype, device=device), kernel) for _ in range(copies)]
+    x = torch.full((1, 1, n_in), 0.5, dtype=dtype, device=device)
+    split = kernel == "in_out_split"
+    matmul_in_out(x, mats[0], split)  # warm-up (first-call dispatch, packing)
+    runs, start = 0, time.perf_counter()
+    while True:
+        for w in mats:
+            matmul_in_out(x, w, split)
+            runs += 1
+            elapsed = time.perf_counter() - start
+            if elapsed > 3 * give_up * runs and runs >= 2:
+                return float("inf")
+        if elapsed > 0.005 and runs >= 2 * copies:
+            return elapsed / runs
+
+
+def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> str:
+    """The kernel that multiplies a vector by an [n_in, n_out] weight fastest here (measured once per process)."""
+    if device.type != "cpu":
+        return "in_out"  # GPUs: one cuBLAS call either way; nothing to gain from timing at load
+    # a very wide matrix (the LM head) is timed on a slice of at most CYCLE_BYTES: the same kernel, less memory
+    n_out = min(n_out, max(1, CYCLE_BYTES // (n_in * torch.finfo(dtype).bits // 8)))
+    key = (device.type, dtype, n_in, n_out)
+    if key not in _MEASURED:
+        best, best_time = "in_out", float("inf")
+        for kernel in ("out_in", "in_out", "in_out_split"):
+            if kernel == "in_out_split" and dtype != torch.float32:
+                continue
+            seconds = _time_kernel(kernel, n_in, n_out, dtype, device, best_time)
+            if seconds < best_time:
+                best, best_time = kernel, seconds
+        _MEASURED[key] = best
+    return _MEASURED[key]
+
+
+@torch.no_grad()
+def choose_layouts_(model: nn.Module) -> dict[str, str]:
+    """Give every projection of a GPT (and its LM head) the fastest measured layout, in place.
+
+    Returns {parameter name: kernel}. Parameter names, shapes and values do not change."""
+    from .model import GPT, Conv1D
+
+    chosen: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Conv1D):
+            w = module.weight
+            kernel = fastest_kernel(*w.shape, w.dtype, w.device)
+            module.weight = nn.Parameter(relayout(w.data, kernel), requires_grad=w.requires_grad)
+            module.split = kernel == "in_out_split"
+            chosen[f"{name}.weight"] = kernel
+        elif isinstance(module, GPT):
+            head = module.wte.weight.t()  # [C, V]
+            kernel = fastest_kernel(*head.shape, head.dtype, head.device)
+            module.wte.weight = nn.Parameter(relayout(head.data, kernel).t(), requires_grad=module.wte.weight.requires_grad)
+            module.split_head = kernel == "in_out_split"
+            chosen[f"{name + '.' if name else ''}wte.weight"] = kernel
+    return chosen
