@@ -21,6 +21,10 @@ from .state import file_sha256
 if TYPE_CHECKING:
     from .run import Run
 
+# Training keeps the checkpoint's [in, out] weight layout: a layout chosen by timing could differ between the
+# first process and a resumed one, and the kernels round differently, so resume would not be bit-exact.
+TRAINING_LAYOUTS = "as-is"
+
 
 @dataclass
 class StepResult:
@@ -50,7 +54,7 @@ def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
     if not config.random_init:
         from ..loading import load_pretrained
 
-        return load_pretrained(config.model)
+        return load_pretrained(config.model, layouts=TRAINING_LAYOUTS)
     torch.manual_seed(config.seed)
     return GPT(model_config)
 
@@ -119,7 +123,9 @@ class Objective:
         """The module to train: the start model (resumed=False: `config.model`) or the run's checkpoint."""
         from ..loading import load_pretrained
 
-        return load_pretrained(source) if resumed else load_start_model(self.config, model_config)
+        if resumed:
+            return load_pretrained(source, layouts=TRAINING_LAYOUTS)
+        return load_start_model(self.config, model_config)
 
     def lm(self, model: nn.Module) -> GPT:
         """The GPT-2 inside the trained module."""
