@@ -67,6 +67,10 @@ def test_whitening_uses_the_population_variance_of_real_tokens_only():
     kept = whiten(values, mask, shift_mean=False)  # rewards: scaled, the mean kept
     assert torch.allclose(kept[mask.bool()], expected + real.mean(), atol=1e-5)
     assert not torch.allclose(out[mask.bool()], (real - real.mean()) / real.var(unbiased=True).sqrt(), atol=1e-3)
+    negative = -values.abs() * mask - 1  # a negative sum (advantages often have one) is centred too
+    real = negative[mask.bool()]
+    assert torch.allclose(whiten(negative, mask)[mask.bool()], (real - real.mean()) / real.var(unbiased=False).sqrt(),
+                          atol=1e-5)
 
 
 def test_score_lands_on_the_last_real_token_and_kl_is_per_token():

@@ -36,7 +36,7 @@ def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True, dist: Distr
     moments = torch.stack([mask.sum(), masked_sum(values, mask), masked_sum(values * values, mask)]).double()
     if dist is not None:
         moments = all_reduce_(moments, dist)
-    count, total, squares = moments.clamp(min=0).unbind()
+    count, total, squares = moments.unbind()
     count = count.clamp(min=1)
     mean = total / count
     var = (squares / count - mean * mean).clamp(min=0)
