@@ -306,11 +306,11 @@ def generate(
         sequences, scores, logprobs = result.sequences, result.scores, result.token_logprobs
     else:
         steps = list(stream(model, prompt, max_new_tokens, attention_mask=attention_mask,
-                            num_return_sequences=num_return_sequences, logprobs=True, **kwargs))
+                            num_return_sequences=num_return_sequences, logprobs=return_dict, **kwargs))
         rows = prompt.repeat_interleave(num_return_sequences, dim=0)
         new = torch.stack([s[0] for s in steps], 1) if steps else rows[:, :0]
         sequences, scores = torch.cat([rows, new], 1), None
-        logprobs = torch.stack([s[2] for s in steps], 1) if steps else new.float()
+        logprobs = (torch.stack([s[2] for s in steps], 1) if steps else new.float()) if return_dict else None
     if padding and prompt.shape[1] + padding == input_ids.shape[1]:  # give back the input's all-padding columns
         lead = input_ids[:, :padding].to(sequences.device).repeat_interleave(num_return_sequences, dim=0)
         sequences = torch.cat([lead, sequences], dim=1)

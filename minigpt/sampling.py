@@ -123,7 +123,7 @@ def ban_repeated_ngrams(logits: Tensor, history: Tensor, valid: Tensor, n: int) 
 
     history, valid: [B, L] ids and 0/1 mask of each row's tokens so far (left padding has mask 0)."""
     B, L = history.shape
-    if n < 1 or L < n - 1 + 1:
+    if n < 1 or L < n:  # no complete n-gram in the rows yet
         return logits
     V = logits.shape[-1]
     if n == 1:  # every token already in the row

@@ -19,16 +19,20 @@ from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
 
-def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """Left-padded ids [B, T] and attention mask [B, T]. An empty prompt starts from <|endoftext|>."""
-    rows = [tokenizer.encode(p) or [tokenizer.eos_token_id] for p in prompts]
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token rows (each non-empty) as left-padded ids [B, T] and attention mask [B, T] (0 on padding)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.eos_token_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
+        ids[i, width - len(row):] = torch.tensor(list(row))
         mask[i, width - len(row):] = 1
     return ids, mask
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Left-padded ids [B, T] and attention mask [B, T]. An empty prompt starts from <|endoftext|>."""
+    return left_pad([tokenizer.encode(p) or [tokenizer.eos_token_id] for p in prompts], tokenizer.eos_token_id)
 
 
 class IncrementalDecoder:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..generation import decode_step, prefill, release
 from ..model import GPT
 from ..sampling import SamplingParams, select_next
+from ..text import left_pad
 from .rl import entropy_from_logps, last_token_index
 
 
@@ -54,17 +55,6 @@ class Rollouts:
                 "advantages": self.advantages, "returns": self.returns}
 
 
-def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-padded ids [B, T] and mask [B, T] of token rows (every row non-empty)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def sample_responses(policy: GPT, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
                      eos_id: int, generator: torch.Generator | None) -> Rollouts:
@@ -72,7 +62,7 @@ def sample_responses(policy: GPT, prompts: list[list[int]], *, max_new_tokens: i
 
     A row stops at its EOS (kept as its last token); later positions are padding (EOS ids, mask 0).
     """
-    query_ids, query_mask = left_pad(prompts, eos_id, policy.device)
+    query_ids, query_mask = (t.to(policy.device) for t in left_pad(prompts, eos_id))
     B, Q = query_ids.shape
     params = SamplingParams(do_sample=True, temperature=temperature)
     logits, state = prefill(policy, query_ids, query_mask, Q + max_new_tokens)
