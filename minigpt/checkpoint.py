@@ -26,6 +26,9 @@ CONFIG_FILE = "config.json"
 
 def model_tensors(model: GPT) -> dict:
     """The state dict under the names transformers' GPT2LMHeadModel saves, on CPU and contiguous."""
+    if getattr(model, "quantized", False):
+        raise CheckpointError("an int8-quantized model cannot be saved in the hub layout (transformers would not "
+                              "load it): save the float model and quantize when loading (quantize='int8')")
     return {f"transformer.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 

@@ -16,6 +16,7 @@ measurements are kept for the process (`_MEASURED`), so a second model of the sa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,26 +63,35 @@ def relayout(w: Tensor, kernel: str) -> Tensor:
     return w.contiguous()
 
 
-def _time_kernel(kernel: str, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device,
-                 give_up: float) -> float:
-    """Seconds per GEMV (one token) with `kernel`, cycling through enough matrices to miss the caches; inf as soon
-    as it is clearly slower than `give_up` seconds per GEMV (a bf16 cliff is not timed for long)."""
-    bytes_per = n_in * n_out * torch.finfo(dtype).bits // 8
-    copies = max(1, min(16, CYCLE_BYTES // max(1, bytes_per)))
-    mats = [relayout(torch.full((n_in, n_out), 0.01, dtype=dtype, device=device), kernel) for _ in range(copies)]
-    x = torch.full((1, 1, n_in), 0.5, dtype=dtype, device=device)
-    split = kernel == "in_out_split"
-    matmul_in_out(x, mats[0], split)  # warm-up (first-call dispatch, packing)
+def seconds_per_call(calls: list[Callable[[], object]], give_up: float = float("inf")) -> float:
+    """Wall time per call, cycling through `calls` (one per weight copy, so the caches are missed);
+    inf as soon as it is clearly slower than `give_up` seconds per call (a cliff is not timed for long)."""
+    calls[0]()  # warm-up (first-call dispatch, packing)
     runs, start = 0, time.perf_counter()
     while True:
-        for w in mats:
-            matmul_in_out(x, w, split)
+        for call in calls:
+            call()
             runs += 1
             elapsed = time.perf_counter() - start
             if elapsed > 3 * give_up * runs and runs >= 2:
                 return float("inf")
-        if elapsed > 0.005 and runs >= 2 * copies:
+        if elapsed > 0.005 and runs >= 2 * len(calls):
             return elapsed / runs
+
+
+def cache_missing_copies(bytes_per_copy: int) -> int:
+    """How many copies of a matrix to cycle through so that their bytes exceed the caches (at most 16)."""
+    return max(1, min(16, CYCLE_BYTES // max(1, bytes_per_copy)))
+
+
+def _time_kernel(kernel: str, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device,
+                 give_up: float) -> float:
+    """Seconds per GEMV (one token) with `kernel` on [n_in, n_out] weights of `dtype`."""
+    copies = cache_missing_copies(n_in * n_out * torch.finfo(dtype).bits // 8)
+    mats = [relayout(torch.full((n_in, n_out), 0.01, dtype=dtype, device=device), kernel) for _ in range(copies)]
+    x = torch.full((1, 1, n_in), 0.5, dtype=dtype, device=device)
+    split = kernel == "in_out_split"
+    return seconds_per_call([lambda w=w: matmul_in_out(x, w, split) for w in mats], give_up)
 
 
 def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> str:

@@ -19,7 +19,9 @@ from torch import Tensor
 from .config import GPTConfig
 from .errors import CheckpointError, ConfigError
 from .hub import hub_download, hub_reachable, offline_message
+from .kernels import choose_layouts_
 from .model import GPT
+from .quantize import QUANTIZE_CHOICES, quantize_
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -47,6 +49,7 @@ def load_pretrained(
     allow_pickle: bool = False,
     compile: bool = False,
     layouts: str = "measure",
+    quantize: str | None = None,
 ) -> GPT:
     """Load a GPT-2 checkpoint: a hub id, a local directory, or a single `.safetensors` file.
 
@@ -55,7 +58,11 @@ def load_pretrained(
     compile: decode through a torch.compile'd static-cache step (CUDA graphs on GPU; see minigpt.fast).
     layouts: "measure" (default) stores each CPU weight in the layout whose matrix product measured fastest on
         this machine (`minigpt.kernels`; same names, shapes and values); "as-is" keeps the checkpoint's [in, out].
+    quantize: "int8" makes an inference-only model with int8 weights for every projection and the LM head
+        (`minigpt.quantize`); None keeps the checkpoint's precision.
     """
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize={quantize!r}: the choices are {', '.join(QUANTIZE_CHOICES)} (or None)")
     files = resolve_checkpoint(name_or_path, revision=revision, config=config, allow_pickle=allow_pickle)
     dtype = dtype or torch.float32
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -65,9 +72,9 @@ def load_pretrained(
     state = read_state_dict(files.weights, expected, dtype=dtype, device=device)
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()
-    if layouts == "measure":
-        from .kernels import choose_layouts_
-
+    if quantize is not None:
+        quantize_(model, quantize)
+    elif layouts == "measure":
         choose_layouts_(model)
     if compile:
         from .fast import compile_decode

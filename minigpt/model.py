@@ -163,6 +163,7 @@ class GPT(nn.Module):
         nn.init.normal_(self.wpe.weight, std=0.01)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.int8_head: nn.Module | None = None  # set by `minigpt.quantize.quantize_`: an int8 copy of the head
 
     @classmethod
     def from_pretrained(
@@ -250,8 +251,15 @@ class GPT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.wte.weight.dtype
 
+    @property
+    def quantized(self) -> bool:
+        """Whether `minigpt.quantize.quantize_` replaced the projections (an inference-only model)."""
+        return self.int8_head is not None
+
     def lm_head(self, x: Tensor) -> Tensor:
         """Logits [B, T, V] from final hidden states [B, T, C]; the output matrix is tied to `wte`."""
+        if self.int8_head is not None:
+            return self.int8_head(x)
         return matmul_in_out(x, self.wte.weight.t(), self.split_head)  # [C, V], stored either way
 
     def forward(

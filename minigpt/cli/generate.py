@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .common import DTYPES, OneLineParser, UsageError, pick_device, run_cli, status
+from .common import DTYPES, OneLineParser, UsageError, add_quantize_argument, pick_device, run_cli, status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
     src.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA; slow first "
                      "call; on the CPUs measured so far it was slower than eager)")
+    add_quantize_argument(src)
 
     inp = parser.add_argument_group("prompt")
     inp.add_argument("--prompt", help="prompt text; '-' reads stdin; empty means unconditional (starts from "
@@ -173,13 +174,14 @@ def load(args: argparse.Namespace, device: torch.device):
     from ..loading import load_pretrained
     from ..tokenizer import Tokenizer
 
-    status(f"loading {args.model} on {device} ({args.dtype}) ...")
+    weights = args.dtype + (f", {args.quantize} weights" if args.quantize else "")
+    status(f"loading {args.model} on {device} ({weights}) ...")
     if args.compile and device.type == "cpu":
         warnings.warn("--compile on a CPU: the first call compiles for tens of seconds and, on the 2-core CPUs "
                       "measured so far, decoding was slower than eager afterwards; it is meant for CUDA")
     start = time.perf_counter()
     model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype], config=args.config,
-                            compile=args.compile)
+                            compile=args.compile, quantize=args.quantize)
     tokenizer = Tokenizer.for_model(args.model, args.tokenizer)
     status(f"loaded in {time.perf_counter() - start:.1f}s")
     return model, tokenizer

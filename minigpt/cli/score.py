@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import DTYPES, OneLineParser, UsageError, pick_device, run_cli
+from .common import DTYPES, OneLineParser, UsageError, add_quantize_argument, pick_device, run_cli
 from .generate import load
 from ..progress import Progress
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="--data: examples per forward pass (default: 8)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    add_quantize_argument(parser)
     parser.add_argument("--per-token", action="store_true", help="also print each scored token and its log-prob")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(compile=False)
