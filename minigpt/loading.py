@@ -1,9 +1,9 @@
 """Loading HuggingFace GPT-2 checkpoints onto `GPT`: find the files, read the tensors, check and assign them.
 
 Loading is key handling and nothing more: drop a `transformer.` prefix, ignore the `attn.bias` mask buffers and
-the tied `lm_head.weight`. The model keeps the Conv1D weights in their stored [in, out] layout; only `wte` is
-laid out [C, V] (see `GPT.__init__`). The model is built on the meta device and the tensors are assigned:
-no random init, no second copy.
+the tied `lm_head.weight`. The model is built on the meta device and the checkpoint's tensors are assigned as
+they are stored (Conv1D [in, out], `wte` [V, C]): no random init, and in the checkpoint's dtype no copy at all,
+the tensors staying memory-mapped from the file. `minigpt.kernels` may then re-lay out a matrix in place.
 """
 
 from __future__ import annotations
@@ -270,10 +270,9 @@ def read_state_dict(
             if key in state:
                 raise CheckpointError(f"{file}: tensor {key!r} appears twice (also in {origin[key]})")
             _check_shape(file, raw_key, tuple(tensor.shape), expected[key])
-            if key == "wte.weight":  # held as the [V, C] view of a contiguous [C, V] matrix
-                state[key] = tensor.t().to(device=device, dtype=dtype).contiguous().t()
-            else:
-                state[key] = tensor.to(device=device, dtype=dtype).contiguous()
+            # Zero-copy where nothing changes: safetensors tensors are views of a private (copy-on-write) map
+            # of the file, and `.to` / `.contiguous` return them as they are when dtype, device and layout match.
+            state[key] = tensor.to(device=device, dtype=dtype).contiguous()
             origin[key] = file
     where = files[0] if len(files) == 1 else files[0].parent
     if unexpected == ["score.weight"]:

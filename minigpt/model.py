@@ -58,6 +58,12 @@ class KVCache:
         self.values = [v.index_select(0, rows) for v in self.values]
 
 
+def init_normal_(weight: Tensor, std: float) -> None:
+    """Random normal init, skipped on the meta device (a model built there to receive a checkpoint)."""
+    if not weight.is_meta:
+        nn.init.normal_(weight, std=std)
+
+
 class Conv1D(nn.Module):
     """y = x @ weight + bias with weight stored [in, out], the layout GPT-2 checkpoints use (no transposes)."""
 
@@ -66,7 +72,7 @@ class Conv1D(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_in, n_out))  # [in, out]; its storage may be [out, in] (kernels)
         self.bias = nn.Parameter(torch.zeros(n_out))
         self.split = True  # float32 CPU: the split GEMV unless `choose_layouts_` measured something faster
-        nn.init.normal_(self.weight, std=0.02)
+        init_normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         return matmul_in_out(x, self.weight, self.split) + self.bias  # [..., out]
@@ -154,13 +160,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        # One copy of the tied matrix, stored [C, V] so the LM head reads it row by row (fast GEMV);
-        # `wte.weight` is its [V, C] transposed view, so names and shapes stay HuggingFace's.
-        self.wte.weight = nn.Parameter(torch.empty(config.n_embd, config.vocab_size).t())
-        self.split_head = True  # as Conv1D.split, for the LM head
-        nn.init.normal_(self.wte.weight, std=0.02)
+        # One copy of the tied matrix, [V, C] as checkpoints store it: the LM head reads it through its [C, V]
+        # view (`lm_head`). `minigpt.kernels` may re-lay it out [C, V] at load when that measured faster.
+        self.split_head = True  # as Conv1D.split, for the LM head when it is stored [C, V]
+        init_normal_(self.wte.weight, std=0.02)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        nn.init.normal_(self.wpe.weight, std=0.01)
+        init_normal_(self.wpe.weight, std=0.01)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.int8_head: nn.Module | None = None  # set by `minigpt.quantize.quantize_`: an int8 copy of the head

@@ -3,9 +3,12 @@
 
 Reports medians and ratios (transformers time / minigpt time, so > 1 means minigpt is faster) for:
 decode at batch 1 (16-token prompt, 64 new tokens, greedy), 5 samples of one prompt (64 new, top-k 50),
-prefill of 512 tokens, in each dtype; plus load time and peak RSS after loading (each in a fresh process).
+beam search, prefill of 512 tokens, in each dtype; minigpt also with int8 weights (`quantize="int8"`, in the
+float32 rows) and, with --compile, compiled. Decode rows give ms per step (time(16+64) - time(16+1), over 63),
+the weight bytes each step reads, GB/s, and the share of this machine's read floor (GB/s of `a.sum()` over
+512 MB). Then load time (warm page cache) and peak RSS after loading (each in a fresh process).
 Without --model it builds a random gpt2-shape checkpoint in the hub's layout (a temporary directory).
-Prints a markdown table.
+Prints the machine (CPU model and ISA flags) and a markdown table.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case and library (default: 5)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per decode run (default: 64)")
     p.add_argument("--cases", default="decode,samples,beams,prefill,load", help="which cases (default: all)")
-    p.add_argument("--compile", action="store_true", help="also time minigpt with compile=True (GPU)")
+    p.add_argument("--compile", action="store_true", help="also time minigpt with compile=True (the first call "
+                   "compiles: tens of seconds on a CPU)")
+    p.add_argument("--no-int8", action="store_true", help="skip minigpt's int8 rows")
     p.add_argument("--json-out", help="also write the results as JSON here")
     p.add_argument("--no-transformers", action="store_true", help="time minigpt alone")
     return p.parse_args()
@@ -103,9 +108,9 @@ import torch
 dtype = getattr(torch, {dtype!r})
 if {library!r} == "none":
     pass
-elif {library!r} == "minigpt":
+elif {library!r}.startswith("minigpt"):
     from minigpt import GPT
-    m = GPT.from_pretrained({str(model_dir)!r}, dtype=dtype)
+    m = GPT.from_pretrained({str(model_dir)!r}, dtype=dtype, quantize="int8" if "int8" in {library!r} else None)
 else:
     from transformers import GPT2LMHeadModel
     m = GPT2LMHeadModel.from_pretrained({str(model_dir)!r}, dtype=dtype)
@@ -114,6 +119,27 @@ print(int(status.split("VmHWM:")[1].split()[0]) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def decode_bytes_per_step(model) -> int:
+    """Bytes of weights one decode step reads: every tensor but the position table (one row), and for an int8
+    model the float embedding too (its LM head reads the int8 copy)."""
+    skip = {"wpe.weight"} | ({"wte.weight"} if getattr(model, "quantized", False) else set())
+    if not hasattr(model, "quantized"):  # transformers: the same weights as minigpt's float model
+        return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "wpe" not in n)
+    return sum(t.numel() * t.element_size() for n, t in model.state_dict().items() if n not in skip)
+
+
+def read_floor_gbps() -> float:
+    """GB/s of `a.sum()` over 512 MB: this machine's memory-read floor for a step that reads every weight once."""
+    a = torch.ones(128 << 20)
+    a.sum()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a.sum()
+        times.append(time.perf_counter() - start)
+    return a.numel() * 4 / statistics.median(times) / 1e9
 
 
 def main() -> int:
@@ -140,6 +166,7 @@ def main() -> int:
         model_dir = make_random_checkpoint(args.shape, Path(tmp.name) / args.shape, DTYPES[args.checkpoint_dtype])
     weights = model_dir / "model.safetensors"
     ckpt_mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+    floor = read_floor_gbps() if device == "cpu" else None
 
     rows: list[dict] = []
     new = args.new_tokens
@@ -150,12 +177,14 @@ def main() -> int:
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
         log(f"[{dtype_name}] loading ...")
-        ours = GPT.from_pretrained(str(model_dir), device=device, dtype=dtype)
-        n_params = sum(p.numel() for p in ours.parameters())
-        step_bytes = (n_params - ours.wpe.weight.numel()) * ours.wte.weight.element_size()
-        libs = {"minigpt": ours}
+        libs = {"minigpt": GPT.from_pretrained(str(model_dir), device=device, dtype=dtype)}
+        if not args.no_int8 and dtype == torch.float32:
+            libs["minigpt int8"] = GPT.from_pretrained(str(model_dir), device=device, dtype=dtype, quantize="int8")
         if args.compile:
-            libs["minigpt+compile"] = GPT.from_pretrained(str(model_dir), device=device, dtype=dtype, compile=True)
+            for name in list(libs):
+                quantize = "int8" if libs[name].quantized else None
+                libs[f"{name}+compile"] = GPT.from_pretrained(str(model_dir), device=device, dtype=dtype,
+                                                              compile=True, quantize=quantize)
         if use_hf:
             libs["transformers"] = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
 
@@ -174,8 +203,8 @@ def main() -> int:
                 one = interleave({k: decode_fn(k, m, prompt16, 1, False, 1) for k, m in libs.items()}, args.repeats, device)
                 per_step = {k: (t[k] - one[k]) / (new - 1) for k in t}
                 rows.append(dict(case=f"decode b=1, 16+{new} greedy", dtype=dtype_name, unit="tok/s",
-                                 values={k: new / v for k, v in t.items()}, seconds=t, step_bytes=step_bytes,
-                                 per_step=per_step))
+                                 values={k: new / v for k, v in t.items()}, seconds=t, per_step=per_step,
+                                 step_bytes={k: decode_bytes_per_step(m) for k, m in libs.items()}))
             if "samples" in cases:
                 log(f"[{dtype_name}] 5 samples ...")
                 t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, args.repeats, device)
@@ -205,29 +234,48 @@ def main() -> int:
                 t = interleave(fns, args.repeats, device)
                 rows.append(dict(case="prefill 512", dtype=dtype_name, unit="tok/s",
                                  values={k: 512 / v for k, v in t.items()}, seconds=t))
-        del libs, ours
+        del libs
 
     if "load" in cases:
         log("load time ...")
-        loaders = {"minigpt": lambda: GPT.from_pretrained(str(model_dir), device=device)}
+        loaders = {"minigpt": lambda: GPT.from_pretrained(str(model_dir), device=device),
+                   "minigpt (layouts as-is)": lambda: GPT.from_pretrained(str(model_dir), device=device,
+                                                                          layouts="as-is")}
+        if not args.no_int8:
+            loaders["minigpt int8"] = lambda: GPT.from_pretrained(str(model_dir), device=device, quantize="int8")
         if use_hf:
             loaders["transformers"] = lambda: GPT2LMHeadModel.from_pretrained(str(model_dir)).to(device)
         t = interleave(loaders, args.repeats, device)
-        rows.append(dict(case="load (warm page cache)", dtype="float32", unit="s", values=t, seconds=t))
+        rows.append(dict(case="load (warm page cache, layouts measured once)", dtype="float32", unit="s",
+                         values=t, seconds=t))
         if device == "cpu":
             rss = {"minigpt": peak_rss_after_load("minigpt", model_dir, "float32"),
                    "python+torch alone": peak_rss_after_load("none", model_dir, "float32")}
+            if not args.no_int8:
+                rss["minigpt int8"] = peak_rss_after_load("minigpt int8", model_dir, "float32")
             if use_hf:
                 rss["transformers"] = peak_rss_after_load("transformers", model_dir, "float32")
             rows.append(dict(case=f"peak RSS after load (checkpoint {ckpt_mb:.0f} MB)", dtype="float32",
                              unit="MB", values=rss, seconds=rss))
 
-    print_table(rows, args, device, use_hf)
+    print_table(rows, args, device, floor)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=2, default=str))
+        Path(args.json_out).write_text(json.dumps(dict(machine=machine_line(device), floor_gbps=floor, rows=rows),
+                                                  indent=2, default=str))
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def cpu_flags() -> str:
+    """The vector ISA flags of /proc/cpuinfo that decide which kernels are fast."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4_2", "asimd", "sve"))]
+    return " ".join(sorted(wanted)) or "none of avx/amx/fma/f16c"
 
 
 def machine_line(device: str) -> str:
@@ -241,36 +289,39 @@ def machine_line(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            f"flags: {cpu_flags()}")
 
 
-def print_table(rows: list[dict], args, device: str, use_hf: bool) -> None:
-    libs = sorted({k for r in rows for k in r["values"]}, key=lambda k: (k != "minigpt", k))
-    print(f"\nMachine: {machine_line(device)}. Medians of {args.repeats} interleaved runs.\n")
-    head = "| case | dtype | " + " | ".join(libs) + (" | speed-up vs transformers |" if use_hf else " |")
-    print(head)
-    print("|" + " --- |" * (head.count("|") - 1))
+def print_table(rows: list[dict], args, device: str, floor: float | None) -> None:
+    """One line per (case, dtype, library): the value, the ratio to transformers on the same case and dtype,
+    and for decode rows ms/step, GB/s and the share of the read floor."""
+    print(f"\nMachine: {machine_line(device)}. Medians of {args.repeats} interleaved runs.")
+    if floor:
+        print(f"Read floor: `a.sum()` over 512 MB at {floor:.1f} GB/s.")
+    print("\n| case | dtype | library | value | vs transformers | ms/step | MB/step | GB/s | of floor |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        cells = []
-        for k in libs:
-            v = r["values"].get(k)
-            cells.append("" if v is None else f"{v:.1f} {r['unit']}" if r["unit"] != "s" else f"{v:.2f} s")
-        line = f"| {r['case']} | {r['dtype']} | " + " | ".join(cells) + " |"
-        if use_hf and "transformers" in r["values"]:
-            hf, me = r["values"]["transformers"], r["values"]["minigpt"]
-            ratio = me / hf if r["unit"] == "tok/s" else hf / me
-            line += f" {ratio:.2f}× |"
-        print(line)
-    decode = {r["dtype"]: r for r in rows if "step_bytes" in r}
+        hf = r["values"].get("transformers")
+        for lib, v in sorted(r["values"].items(), key=lambda kv: (kv[0] == "transformers", kv[0])):
+            value = f"{v:.2f} s" if r["unit"] == "s" else f"{v:.1f} {r['unit']}"
+            ratio = ""
+            if hf and lib != "transformers" and r["unit"] != "MB":
+                ratio = f"{(v / hf if r['unit'] == 'tok/s' else hf / v):.2f}×"
+            step = mb = gbps = share = ""
+            if "per_step" in r:
+                seconds, size = r["per_step"][lib], r["step_bytes"][lib]
+                step, mb, gbps = f"{seconds * 1e3:.1f}", f"{size / 1e6:.0f}", f"{size / seconds / 1e9:.1f}"
+                share = f"{size / seconds / 1e9 / floor:.0%}" if floor else ""
+            print(f"| {r['case']} | {r['dtype']} | {lib} | {value} | {ratio} | {step} | {mb} | {gbps} | {share} |")
+    decode = {r["dtype"]: r for r in rows if "per_step" in r}
     if {"float32", "bfloat16"} <= set(decode):
         ratio = decode["bfloat16"]["values"]["minigpt"] / decode["float32"]["values"]["minigpt"]
         print(f"\nminigpt bf16 decode vs its fp32 decode: {ratio:.2f}× (target ≥ 1.0: bf16 reads half the bytes)")
-    for r in rows:
-        if "step_bytes" in r:
-            print(f"\n{r['dtype']} decode: {r['step_bytes'] / 1e6:.0f} MB of weights read per step.", end="")
-            for k, per_step in r["per_step"].items():
-                print(f" {k}: {per_step * 1e3:.2f} ms/step = {r['step_bytes'] / per_step / 1e9:.0f} GB/s;", end="")
-            print(" (decode steps only: time(16+64) - time(16+1), over 63)")
+    if "float32" in decode and "transformers" in decode["float32"]["values"]:
+        values = decode["float32"]["values"]
+        for lib in (k for k in values if k.startswith("minigpt int8")):
+            print(f"{lib} decode vs transformers fp32: {values[lib] / values['transformers']:.2f}× (target ≥ 3.0)")
 
 
 if __name__ == "__main__":

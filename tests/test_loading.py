@@ -180,3 +180,31 @@ def test_hub_layout_has_mask_buffers(tiny_hf):
     state = bare_hub_state(tiny_hf)
     assert state["h.0.attn.bias"].shape == (1, 1, 128, 128)
     assert "lm_head.weight" not in state and "wte.weight" in state
+
+
+def mapped_ranges(path) -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from `path` (from /proc/self/maps)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith(str(path)):
+            start, end = line.split()[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_zero_copy_load_maps_the_file_and_never_writes_it(tiny_dir, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, directory)
+    before = (directory / "model.safetensors").read_bytes()
+    model = GPT.from_pretrained(str(directory), layouts="as-is")
+    ranges = mapped_ranges((directory / "model.safetensors").resolve())
+    assert ranges, "the checkpoint file is not memory-mapped"
+    inside = {name: any(a <= t.data_ptr() < b for a, b in ranges) for name, t in model.state_dict().items()}
+    assert all(inside.values()), [name for name, ok in inside.items() if not ok]  # every tensor: no copy
+    with torch.no_grad():  # the map is private (copy-on-write): training in place must not touch the file
+        for p in model.parameters():
+            p.add_(1.0)
+    assert (directory / "model.safetensors").read_bytes() == before
+    half = GPT.from_pretrained(str(directory), dtype=torch.float16, layouts="as-is")  # a dtype change copies
+    assert not any(a <= half.h[0].mlp.c_fc.weight.data_ptr() < b for a, b in ranges)
