@@ -29,12 +29,19 @@ PROBE_ROWS = (32, 256)  # row counts at which the dequantize-then-GEMM path is t
 _MEASURED: dict[tuple, tuple[torch.dtype, float]] = {}  # (device, dtype, n_in, n_out) -> (compute dtype, gemm rows)
 
 
-def quantize_per_channel(w_out_in: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-row int8: (q [out, in] int8, scale [out] float32) with w ≈ q * scale[:, None]."""
-    w = w_out_in.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # [out]; an all-zero row: q = 0
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
+def quantize_per_channel(w_out_in: Tensor, rows_per_chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: (q [out, in] int8, scale [out] float32) with w ≈ q * scale[:, None].
+
+    Done a chunk of rows at a time, so the float temporaries stay small (the LM head has 50,257 rows)."""
+    n_out, n_in = w_out_in.shape
+    q = torch.empty(n_out, n_in, dtype=torch.int8, device=w_out_in.device)
+    scale = torch.empty(n_out, dtype=torch.float32, device=w_out_in.device)
+    for start in range(0, n_out, rows_per_chunk):
+        w = w_out_in[start:start + rows_per_chunk].detach().float()  # [rows, in]
+        s = (w.abs().amax(dim=1) / 127).clamp_(min=torch.finfo(torch.float32).tiny)  # an all-zero row: q = 0
+        q[start:start + rows_per_chunk] = (w / s[:, None]).round_().clamp_(-127, 127)
+        scale[start:start + rows_per_chunk] = s
+    return q, scale
 
 
 def int8_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -68,7 +75,7 @@ class Int8Linear(nn.Module):
         """Quantize a float [in, out] weight (any storage) with the kernels measured fastest for its shape."""
         q, scale = quantize_per_channel(w_in_out.t())
         compute_dtype, gemm_rows = fastest_int8_kernel(*w_in_out.shape, w_in_out.dtype, w_in_out.device)
-        return cls(q, scale.to(w_in_out.device), None if bias is None else bias.detach(),
+        return cls(q, scale.to(w_in_out.device), None if bias is None else bias.detach().clone(),
                    compute_dtype=compute_dtype, gemm_rows=gemm_rows)
 
     def dequantized(self, dtype: torch.dtype) -> Tensor:
@@ -144,4 +151,6 @@ def quantize_(model: nn.Module, method: str = "int8") -> nn.Module:
             if isinstance(child, Conv1D):
                 setattr(parent, name, Int8Linear.from_in_out(child.weight, child.bias))
     model.int8_head = Int8Linear.from_in_out(model.wte.weight.t(), None)  # [C, V]; wte stays for the lookup
+    for param in model.parameters():  # embeddings, LayerNorms: own copies, so the checkpoint's file map is let go
+        param.data = param.data.clone()
     return model.requires_grad_(False)

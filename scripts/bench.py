@@ -130,6 +130,15 @@ def decode_bytes_per_step(model) -> int:
     return sum(t.numel() * t.element_size() for n, t in model.state_dict().items() if n not in skip)
 
 
+def record(rows: list[dict], row: dict) -> None:
+    """Keep a result and show it at once on stderr (a long run that is cut short still reports what it measured)."""
+    rows.append(row)
+    unit = row["unit"]
+    values = ", ".join(f"{k} {v:.3g} {unit}" for k, v in row["values"].items())
+    steps = ", ".join(f"{k} {v * 1e3:.1f} ms/step" for k, v in row.get("per_step", {}).items())
+    log(f"  {row['case']} [{row['dtype']}]: {values}" + (f"; {steps}" if steps else ""))
+
+
 def read_floor_gbps() -> float:
     """GB/s of `a.sum()` over 512 MB: this machine's memory-read floor for a step that reads every weight once."""
     a = torch.ones(128 << 20)
@@ -202,13 +211,13 @@ def main() -> int:
                 t = interleave({k: decode_fn(k, m, prompt16, 1, False) for k, m in libs.items()}, args.repeats, device)
                 one = interleave({k: decode_fn(k, m, prompt16, 1, False, 1) for k, m in libs.items()}, args.repeats, device)
                 per_step = {k: (t[k] - one[k]) / (new - 1) for k in t}
-                rows.append(dict(case=f"decode b=1, 16+{new} greedy", dtype=dtype_name, unit="tok/s",
+                record(rows, dict(case=f"decode b=1, 16+{new} greedy", dtype=dtype_name, unit="tok/s",
                                  values={k: new / v for k, v in t.items()}, seconds=t, per_step=per_step,
                                  step_bytes={k: decode_bytes_per_step(m) for k, m in libs.items()}))
             if "samples" in cases:
                 log(f"[{dtype_name}] 5 samples ...")
                 t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, args.repeats, device)
-                rows.append(dict(case=f"5 samples, 16+{new} top-k 50", dtype=dtype_name, unit="tok/s",
+                record(rows, dict(case=f"5 samples, 16+{new} top-k 50", dtype=dtype_name, unit="tok/s",
                                  values={k: 5 * new / v for k, v in t.items()}, seconds=t))
             if "beams" in cases:
                 log(f"[{dtype_name}] beam search, 5 beams ...")
@@ -221,7 +230,7 @@ def main() -> int:
                                                          max_new_tokens=new, num_beams=5, do_sample=False,
                                                          eos_token_id=None, pad_token_id=0))
                 t = interleave(fns, args.repeats, device)
-                rows.append(dict(case=f"beam search, 5 beams, 16+{new}", dtype=dtype_name, unit="tok/s",
+                record(rows, dict(case=f"beam search, 5 beams, 16+{new}", dtype=dtype_name, unit="tok/s",
                                  values={k: new / v for k, v in t.items()}, seconds=t))
             if "prefill" in cases:
                 log(f"[{dtype_name}] prefill 512 ...")
@@ -232,7 +241,7 @@ def main() -> int:
                     else:
                         fns[k] = (lambda m=m: m(prompt512, logits_to_keep=1))
                 t = interleave(fns, args.repeats, device)
-                rows.append(dict(case="prefill 512", dtype=dtype_name, unit="tok/s",
+                record(rows, dict(case="prefill 512", dtype=dtype_name, unit="tok/s",
                                  values={k: 512 / v for k, v in t.items()}, seconds=t))
         del libs
 
@@ -246,7 +255,7 @@ def main() -> int:
         if use_hf:
             loaders["transformers"] = lambda: GPT2LMHeadModel.from_pretrained(str(model_dir)).to(device)
         t = interleave(loaders, args.repeats, device)
-        rows.append(dict(case="load (warm page cache, layouts measured once)", dtype="float32", unit="s",
+        record(rows, dict(case="load (warm page cache, layouts measured once)", dtype="float32", unit="s",
                          values=t, seconds=t))
         if device == "cpu":
             rss = {"minigpt": peak_rss_after_load("minigpt", model_dir, "float32"),
@@ -255,7 +264,7 @@ def main() -> int:
                 rss["minigpt int8"] = peak_rss_after_load("minigpt int8", model_dir, "float32")
             if use_hf:
                 rss["transformers"] = peak_rss_after_load("transformers", model_dir, "float32")
-            rows.append(dict(case=f"peak RSS after load (checkpoint {ckpt_mb:.0f} MB)", dtype="float32",
+            record(rows, dict(case=f"peak RSS after load (checkpoint {ckpt_mb:.0f} MB)", dtype="float32",
                              unit="MB", values=rss, seconds=rss))
 
     print_table(rows, args, device, floor)

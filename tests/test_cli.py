@@ -186,3 +186,15 @@ def test_beams_and_logprobs_from_the_cli(text_model_dir):
     for token, value, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"]):
         assert len(top) == 3 and max(top.values()) == pytest.approx(value, abs=1e-5)  # greedy took the best
     assert logprobs["text_offset"][0] == len(sample["prompt"])
+
+
+def test_quantized_generation_from_the_cli(text_model_dir):
+    result = run_cli("--model", str(text_model_dir), "--prompt", "The sky is", "--greedy", "--max-new-tokens", "10",
+                     "--quantize", "int8", "--json")
+    assert result.returncode == 0, result.stderr
+    [sample] = json.loads(result.stdout)["samples"]
+    model = GPT.from_pretrained(str(text_model_dir), quantize="int8")
+    [ref] = complete(model, Tokenizer.from_pretrained(text_model_dir), "The sky is", 10)
+    assert sample["new_ids"] == ref.new_ids
+    bad = run_cli("--model", str(text_model_dir), "--prompt", "x", "--quantize", "int4")
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "int4" in bad.stderr

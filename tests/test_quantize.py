@@ -98,3 +98,13 @@ def test_quantized_models_refuse_to_save_and_bad_choices_are_named(tiny_dir, tmp
         GPT.from_pretrained(str(tiny_dir), quantize="int4")
     assert quantize_(model) is model  # quantizing twice is a no-op
     assert not any(p.requires_grad for p in model.parameters())
+
+
+@torch.no_grad()
+def test_compiled_int8_decoding_equals_eager_int8(tiny_dir):
+    from minigpt.fast import compile_decode
+
+    eager = GPT.from_pretrained(str(tiny_dir), quantize="int8")
+    compiled = compile_decode(GPT.from_pretrained(str(tiny_dir), quantize="int8"))
+    ids = torch.randint(0, 1000, (2, 7), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(compiled.generate(ids, 12), eager.generate(ids, 12))
