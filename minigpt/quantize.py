@@ -109,7 +109,8 @@ def _time_int8(n_in: int, n_out: int, rows: int, compute_dtype: torch.dtype | No
 
 
 @torch.no_grad()
-def fastest_int8_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype | None, float]:
+def fastest_int8_kernel(n_in: int, n_out: int, dtype: torch.dtype,
+                        device: torch.device) -> tuple[torch.dtype | None, float]:
     """(activation dtype for the int8 kernel or None, rows from which dequantize + GEMM is faster), measured once
     per process for (device, dtype, shape)."""
     candidates = [d for d in dict.fromkeys([dtype, torch.bfloat16]) if int8_kernel_available(device, d)]
@@ -120,9 +121,10 @@ def fastest_int8_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch
     n_out = min(n_out, max(1, (16 << 20) // n_in))  # the LM head is timed on a slice: same kernel, less memory
     key = (device.type, dtype, n_in, n_out)
     if key not in _MEASURED:
-        times = {}
+        times: dict[torch.dtype, float] = {}
         for compute in candidates:
-            times[compute] = _time_int8(n_in, n_out, 1, compute, dtype, device, min(times.values(), default=float("inf")))
+            best_so_far = min(times.values(), default=float("inf"))
+            times[compute] = _time_int8(n_in, n_out, 1, compute, dtype, device, best_so_far)
         best = min(times, key=times.get)
         gemm_rows = float("inf")
         width = min(n_out, 3072)  # many rows: time on at most 3072 columns (both paths scale with the width)
