@@ -26,7 +26,7 @@ from .kernels import cache_missing_copies, seconds_per_call
 
 QUANTIZE_CHOICES = ("int8",)
 PROBE_ROWS = (32, 256)  # row counts at which the dequantize-then-GEMM path is timed against the int8 kernel
-_MEASURED: dict[tuple, tuple[torch.dtype, float]] = {}  # (device, dtype, n_in, n_out) -> (compute dtype, gemm rows)
+_MEASURED: dict[tuple, tuple] = {}  # (device, dtype, n_in, n_out) -> (compute dtype or None, gemm rows)
 
 
 def quantize_per_channel(w_out_in: Tensor, rows_per_chunk: int = 4096) -> tuple[Tensor, Tensor]:
@@ -113,28 +113,31 @@ def fastest_int8_kernel(n_in: int, n_out: int, dtype: torch.dtype,
                         device: torch.device) -> tuple[torch.dtype | None, float]:
     """(activation dtype for the int8 kernel or None, rows from which dequantize + GEMM is faster), measured once
     per process for (device, dtype, shape)."""
+    n_out = min(n_out, max(1, (16 << 20) // n_in))  # the LM head is timed on a slice: same kernel, less memory
+    key = (device.type, dtype, n_in, n_out)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure_int8(n_in, n_out, dtype, device)
+    return _MEASURED[key]
+
+
+def _measure_int8(n_in: int, n_out: int, dtype: torch.dtype,
+                  device: torch.device) -> tuple[torch.dtype | None, float]:
     candidates = [d for d in dict.fromkeys([dtype, torch.bfloat16]) if int8_kernel_available(device, d)]
     if not candidates:
         return None, 0
     if device.type != "cpu":
         return candidates[0], float("inf")  # GPUs: no timing at load (untested here)
-    n_out = min(n_out, max(1, (16 << 20) // n_in))  # the LM head is timed on a slice: same kernel, less memory
-    key = (device.type, dtype, n_in, n_out)
-    if key not in _MEASURED:
-        times: dict[torch.dtype, float] = {}
-        for compute in candidates:
-            best_so_far = min(times.values(), default=float("inf"))
-            times[compute] = _time_int8(n_in, n_out, 1, compute, dtype, device, best_so_far)
-        best = min(times, key=times.get)
-        gemm_rows = float("inf")
-        width = min(n_out, 3072)  # many rows: time on at most 3072 columns (both paths scale with the width)
-        for rows in PROBE_ROWS:
-            kernel = _time_int8(n_in, width, rows, best, dtype, device, float("inf"))
-            if _time_int8(n_in, width, rows, None, dtype, device, kernel) < kernel:
-                gemm_rows = rows
-                break
-        _MEASURED[key] = (best, gemm_rows)
-    return _MEASURED[key]
+    times: dict[torch.dtype, float] = {}
+    for compute in candidates:
+        best_so_far = min(times.values(), default=float("inf"))
+        times[compute] = _time_int8(n_in, n_out, 1, compute, dtype, device, best_so_far)
+    best = min(times, key=times.get)
+    width = min(n_out, 3072)  # many rows: time on at most 3072 columns (both paths scale with the width)
+    for rows in PROBE_ROWS:
+        kernel = _time_int8(n_in, width, rows, best, dtype, device, float("inf"))
+        if _time_int8(n_in, width, rows, None, dtype, device, kernel) < kernel:
+            return best, rows
+    return best, float("inf")
 
 
 @torch.no_grad()

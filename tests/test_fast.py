@@ -11,11 +11,16 @@ def test_bucketed_length():
     assert bucketed_length(1000, 1024) == 1024 and bucketed_length(100, 128) == 128
 
 
-@torch.no_grad()
-def test_compiled_decode_equals_eager(tiny_dir, device):
+def eager_and_compiled(tiny_dir, device) -> tuple[GPT, GPT]:
+    """The tiny model twice: eager, and with the compiled decode step (CUDA graphs on a GPU)."""
     eager = GPT.from_pretrained(str(tiny_dir), device=device)
     mode = "reduce-overhead" if device.type == "cuda" else None
-    compiled = compile_decode(GPT.from_pretrained(str(tiny_dir), device=device), mode=mode)
+    return eager, compile_decode(GPT.from_pretrained(str(tiny_dir), device=device), mode=mode)
+
+
+@torch.no_grad()
+def test_compiled_decode_equals_eager(tiny_dir, device):
+    eager, compiled = eager_and_compiled(tiny_dir, device)
     ids = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(0)).to(device)
     assert torch.equal(compiled.generate(ids, 30), eager.generate(ids, 30))
     assert torch.equal(compiled.generate(ids[:, 3:], 25), eager.generate(ids[:, 3:], 25)), "new prompt length"
@@ -27,9 +32,7 @@ def test_compiled_decode_equals_eager(tiny_dir, device):
 @torch.no_grad()
 def test_two_streams_at_once_do_not_share_the_static_cache(tiny_dir, device):
     """A second generation started while the first stream is still open gets a cache of its own."""
-    eager = GPT.from_pretrained(str(tiny_dir), device=device)
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    compiled = compile_decode(GPT.from_pretrained(str(tiny_dir), device=device), mode=mode)
+    eager, compiled = eager_and_compiled(tiny_dir, device)
     a = torch.randint(0, 1000, (1, 10), generator=torch.Generator().manual_seed(0)).to(device)
     b = torch.randint(0, 1000, (1, 7), generator=torch.Generator().manual_seed(1)).to(device)
     first = compiled.generate_stream(a, 12)
