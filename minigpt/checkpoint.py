@@ -18,13 +18,13 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
-from .model import GPT
+from .model import Transformer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def model_tensors(model: GPT) -> dict:
+def model_tensors(model: Transformer) -> dict:
     """The state dict under the names transformers' GPT2LMHeadModel saves, on CPU and contiguous."""
     if getattr(model, "quantized", False):
         raise CheckpointError("an int8-quantized model cannot be saved in the hub layout (transformers would not "
@@ -32,7 +32,7 @@ def model_tensors(model: GPT) -> dict:
     return {f"transformer.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def write_model_files(model: GPT, directory: Path) -> None:
+def write_model_files(model: Transformer, directory: Path) -> None:
     """model.safetensors + config.json into an existing directory (not atomic by itself)."""
     write_weights_and_config(model_tensors(model), model.config.to_hf_dict(), directory)
 
@@ -86,7 +86,7 @@ def _fsync_dir_files(directory: Path) -> None:
 
 
 def save_pretrained(
-    model: GPT,
+    model: Transformer,
     directory: str | Path,
     *,
     tokenizer=None,

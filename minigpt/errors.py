@@ -21,3 +21,8 @@ class TokenizerError(MiniGPTError):
 
 class GenerationError(MiniGPTError, ValueError):
     """Invalid generation arguments, or a prompt that does not fit the context window."""
+
+
+class DataError(MiniGPTError, ValueError):
+    """A data file (instructions, preferences, prompts, a template) that cannot be used; the message names the
+    file and line."""

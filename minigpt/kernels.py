@@ -71,6 +71,26 @@ def _matmul_in_out(x: Tensor, w: Tensor, split: bool) -> Tensor:
     return y
 
 
+def init_normal_(weight: Tensor, std: float) -> None:
+    """Random normal init, skipped on the meta device (a model built there to receive a checkpoint)."""
+    if not weight.is_meta:
+        nn.init.normal_(weight, std=std)
+
+
+class Conv1D(nn.Module):
+    """y = x @ weight + bias with weight stored [in, out], the layout GPT-2 checkpoints use (no transposes)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))  # [in, out]; its storage may be [out, in] (kernels)
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        self.split = True  # float32 CPU: the split GEMV unless `choose_layouts_` measured something faster
+        init_normal_(self.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return matmul_in_out(x, self.weight, self.split) + self.bias  # [..., out]
+
+
 def relayout(w: Tensor, kernel: str) -> Tensor:
     """`w` ([in, out]) with the storage `kernel` reads fastest: the same values, one temporary copy."""
     want_out_in = kernel == "out_in"
@@ -133,11 +153,9 @@ def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.devi
 
 @torch.no_grad()
 def choose_layouts_(model: nn.Module) -> dict[str, str]:
-    """Give every projection of a GPT (and its LM head) the fastest measured layout, in place.
+    """Give every `Conv1D` of a model (and its tied LM head) the fastest measured layout, in place.
 
     Returns {parameter name: kernel}. Parameter names, shapes and values do not change."""
-    from .model import GPT, Conv1D
-
     chosen: dict[str, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, Conv1D):
@@ -146,7 +164,7 @@ def choose_layouts_(model: nn.Module) -> dict[str, str]:
             module.weight = nn.Parameter(relayout(w.data, kernel), requires_grad=w.requires_grad)
             module.split = kernel == "in_out_split"
             chosen[f"{name}.weight"] = kernel
-        elif isinstance(module, GPT):
+        elif hasattr(module, "split_head"):  # the model itself: its LM head is the tied `wte` read as [C, V]
             head = module.wte.weight.t()  # [C, V]
             kernel = fastest_kernel(*head.shape, head.dtype, head.device)
             module.wte.weight = nn.Parameter(relayout(head.data, kernel).t(), requires_grad=module.wte.weight.requires_grad)

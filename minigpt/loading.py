@@ -1,9 +1,12 @@
-"""Loading HuggingFace GPT-2 checkpoints onto `GPT`: find the files, read the tensors, check and assign them.
+"""Loading HuggingFace GPT-2 checkpoints onto the model: find the files, read the tensors, check and assign them.
 
 Loading is key handling and nothing more: drop a `transformer.` prefix, ignore the `attn.bias` mask buffers and
 the tied `lm_head.weight`. The model is built on the meta device and the checkpoint's tensors are assigned as
 they are stored (Conv1D [in, out], `wte` [V, C]): no random init, and in the checkpoint's dtype no copy at all,
 the tensors staying memory-mapped from the file. `minigpt.kernels` may then re-lay out a matrix in place.
+
+`PretrainedMixin` gives a model class `from_pretrained` and `save_pretrained` over these functions and
+`minigpt.checkpoint`; `minigpt.GPT` inherits it (this module never imports that class).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from torch import Tensor
 
 from .config import GPTConfig
 from .errors import CheckpointError, ConfigError
+from .template import PromptTemplate
 from .hub import hub_download, hub_reachable, offline_message
 from .kernels import choose_layouts_
-from .model import GPT
+from .checkpoint import save_pretrained
+from .model import Transformer
 from .quantize import QUANTIZE_CHOICES, quantize_
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -47,19 +52,19 @@ def load_pretrained(
     revision: str | None = None,
     config: GPTConfig | str | None = None,
     allow_pickle: bool = False,
-    compile: bool = False,
     layouts: str = "measure",
     quantize: str | None = None,
-) -> GPT:
+    cls: type[Transformer] = Transformer,
+) -> Transformer:
     """Load a GPT-2 checkpoint: a hub id, a local directory, or a single `.safetensors` file.
 
     config: overrides (or supplies, for a bare file) the model config: a `GPTConfig` or a preset name.
     allow_pickle: also load `.bin` files, through `torch.load(weights_only=True)`.
-    compile: decode through a torch.compile'd static-cache step (CUDA graphs on GPU; see minigpt.fast).
     layouts: "measure" (default) stores each CPU weight in the layout whose matrix product measured fastest on
         this machine (`minigpt.kernels`; same names, shapes and values); "as-is" keeps the checkpoint's [in, out].
     quantize: "int8" makes an inference-only model with int8 weights for every projection and the LM head
         (`minigpt.quantize`); None keeps the checkpoint's precision.
+    cls: the class to build (`minigpt.GPT` passes itself); a subclass of `minigpt.model.Transformer`.
     """
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={quantize!r}: the choices are {', '.join(QUANTIZE_CHOICES)} (or None)")
@@ -67,7 +72,7 @@ def load_pretrained(
     dtype = dtype or torch.float32
     device = torch.device(device) if device is not None else torch.device("cpu")
     with torch.device("meta"):
-        model = GPT(files.config)
+        model = cls(files.config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state = read_state_dict(files.weights, expected, dtype=dtype, device=device)
     model.load_state_dict(state, strict=True, assign=True)
@@ -76,37 +81,7 @@ def load_pretrained(
         quantize_(model, quantize)
     elif layouts == "measure":
         choose_layouts_(model)
-    if compile:
-        from .fast import compile_decode
-
-        compile_decode(model)
     return model
-
-
-def load_reward_model(
-    name_or_path: str | Path,
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    revision: str | None = None,
-):
-    """Load a reward model saved as transformers' GPT2ForSequenceClassification (`transformer.*` + `score.weight`
-    [1, n_embd]); a checkpoint without `score.weight` is refused (start one with `RewardModel.from_lm`)."""
-    from .reward_model import RewardModel
-
-    files = resolve_checkpoint(name_or_path, revision=revision)
-    if not has_tensor(files, SCORE_KEY):
-        raise CheckpointError(f"{name_or_path}: no {SCORE_KEY}, so not a reward model (a language model? train a "
-                              "reward model from it with minigpt-reward)")
-    with torch.device("meta"):
-        model = RewardModel(files.config)
-    expected = {name: tuple(t.shape) for name, t in model.transformer.state_dict().items()}
-    expected[SCORE_KEY] = (1, files.config.n_embd)
-    state = read_state_dict(files.weights, expected, dtype=dtype or torch.float32,
-                            device=torch.device(device) if device is not None else torch.device("cpu"))
-    state = {(k if k == SCORE_KEY else f"transformer.{k}"): v for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
 
 
 def has_tensor(files: CheckpointFiles, key: str) -> bool:
@@ -311,3 +286,27 @@ def _iter_tensors(file: Path):
         raise
     except Exception as exc:  # safetensors raises SafetensorError, OSError, ValueError...
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({exc})") from None
+
+
+# --------------------------------------------------------------------------- the model class's methods
+
+
+class PretrainedMixin:
+    """`from_pretrained` and `save_pretrained` for a model class built on `minigpt.model.Transformer`."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ):
+        """Load a hub id, a local directory or a `.safetensors` file (arguments: `load_pretrained`)."""
+        return load_pretrained(name_or_path, device=device, dtype=dtype, revision=revision, cls=cls, **kwargs)
+
+    def save_pretrained(self, directory: str | Path, *, tokenizer=None, template: PromptTemplate | None = None) -> None:
+        """Write the hub layout (model.safetensors + config.json, vocab files, template) atomically."""
+        save_pretrained(self, directory, tokenizer=tokenizer, template=template)

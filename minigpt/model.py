@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPTConfig
-from .kernels import matmul_in_out
+from .kernels import Conv1D, init_normal_, matmul_in_out
 
 
 @dataclass
@@ -56,26 +56,6 @@ class KVCache:
         """Keep (or repeat) batch rows `rows` [B'] of every layer, e.g. to expand one prompt to N samples."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
-
-
-def init_normal_(weight: Tensor, std: float) -> None:
-    """Random normal init, skipped on the meta device (a model built there to receive a checkpoint)."""
-    if not weight.is_meta:
-        nn.init.normal_(weight, std=std)
-
-
-class Conv1D(nn.Module):
-    """y = x @ weight + bias with weight stored [in, out], the layout GPT-2 checkpoints use (no transposes)."""
-
-    def __init__(self, n_in: int, n_out: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_in, n_out))  # [in, out]; its storage may be [out, in] (kernels)
-        self.bias = nn.Parameter(torch.zeros(n_out))
-        self.split = True  # float32 CPU: the split GEMV unless `choose_layouts_` measured something faster
-        init_normal_(self.weight, std=0.02)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return matmul_in_out(x, self.weight, self.split) + self.bias  # [..., out]
 
 
 class CausalSelfAttention(nn.Module):
@@ -153,8 +133,11 @@ def build_attention_mask(query_slots: Tensor, key_valid: Tensor | None, num_keys
     return allowed[:, None]  # [B, 1, T, S]
 
 
-class GPT(nn.Module):
-    """GPT-2 language model. `model(input_ids)` returns logits [B, T, V]."""
+class Transformer(nn.Module):
+    """GPT-2's network with its tied LM head: `model(input_ids)` returns logits [B, T, V].
+
+    Users meet it as `minigpt.GPT`, which adds `from_pretrained` / `save_pretrained` (`minigpt.loading`) and
+    `generate` (`minigpt.inference.generation`); this module knows nothing of those."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -169,84 +152,6 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.int8_head: nn.Module | None = None  # set by `minigpt.quantize.quantize_`: an int8 copy of the head
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-        revision: str | None = None,
-        **kwargs,
-    ) -> "GPT":
-        """Load a hub id, a local directory or a `.safetensors` file (see `minigpt.loading.load_pretrained`)."""
-        from .loading import load_pretrained
-
-        return load_pretrained(name_or_path, device=device, dtype=dtype, revision=revision, **kwargs)
-
-    def save_pretrained(self, directory: str, *, tokenizer=None, template=None) -> None:
-        """Write the hub layout (model.safetensors + config.json, vocab files, template) atomically."""
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, directory, tokenizer=tokenizer, template=template)
-
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        *,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float = 1.0,
-        num_return_sequences: int = 1,
-        attention_mask: Tensor | None = None,
-        eos_token_id: int | None = None,
-        stop: list[list[int]] | None = None,
-        seed: int | None = None,
-        context: str = "error",
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        early_stopping: bool | str = False,
-        no_repeat_ngram_size: int = 0,
-        min_new_tokens: int = 0,
-        bad_words_ids: list[list[int]] | None = None,
-        min_p: float | None = None,
-        typical_p: float | None = None,
-        return_dict: bool = False,
-    ):
-        """Prompt + continuation, LongTensor [B * num_return_sequences, T + new], KV-cached.
-
-        Greedy unless `do_sample`; beam search with `num_beams > 1` (`length_penalty`, `early_stopping` True /
-        False / "never", as transformers). Left-pad ragged prompts and pass `attention_mask`. A row stops at
-        `eos_token_id` or when it ends with one of the `stop` id sequences, and is padded with EOS after.
-        Processors as transformers': `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids`,
-        `min_new_tokens`, then (sampling) temperature, `top_k`, `top_p`, `min_p`, `typical_p`.
-        `context` is the policy when prompt + max_new_tokens passes n_positions: "error" or "truncate".
-        `return_dict=True` returns a `minigpt.generation.GenerateOutput` (`sequences`, `sequences_scores`,
-        `token_logprobs`).
-        """
-        from .generation import generate, stop_sequences_check
-        from .sampling import SamplingParams
-
-        params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty,
-                                no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-                                bad_words_ids=tuple(tuple(w) for w in bad_words_ids or ()), min_p=min_p,
-                                typical_p=typical_p)
-        return generate(
-            self, input_ids, max_new_tokens, params=params, num_return_sequences=num_return_sequences,
-            attention_mask=attention_mask, eos_token_id=eos_token_id,
-            stop=stop_sequences_check(stop) if stop else None, seed=seed, context=context, num_beams=num_beams,
-            length_penalty=length_penalty, early_stopping=early_stopping, return_dict=return_dict,
-        )
-
-    def generate_stream(self, input_ids: Tensor, max_new_tokens: int, **kwargs):
-        """Yield each step's new tokens [B * N] and finished flags; arguments as `minigpt.generation.stream`."""
-        from .generation import stream
-
-        return stream(self, input_ids, max_new_tokens, **kwargs)
 
     @property
     def device(self) -> torch.device:

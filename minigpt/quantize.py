@@ -1,6 +1,6 @@
 """int8 weight-only quantization for decoding: every projection and the LM head, per output channel, symmetric.
 
-`quantize_(model)` replaces each `Conv1D` by an `Int8Linear` and gives the GPT an int8 copy of its tied output
+`quantize_(model)` replaces each `Conv1D` by an `Int8Linear` and gives the model an int8 copy of its tied output
 matrix for the LM head; the embeddings, LayerNorms and biases stay as loaded, and activations stay in the
 model's dtype. W[o, :] ≈ q[o, :] · scale[o] with q = round(W[o, :] / scale[o]) and scale[o] = max |W[o, :]| / 127:
 a quarter of fp32's bytes per decode step (decoding reads every weight once per token).
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import cache_missing_copies, seconds_per_call
+from .kernels import Conv1D, cache_missing_copies, seconds_per_call
 
 QUANTIZE_CHOICES = ("int8",)
 PROBE_ROWS = (32, 256)  # row counts at which the dequantize-then-GEMM path is timed against the int8 kernel
@@ -143,11 +143,9 @@ def _measure_int8(n_in: int, n_out: int, dtype: torch.dtype,
 @torch.no_grad()
 def quantize_(model: nn.Module, method: str = "int8") -> nn.Module:
     """Quantize a GPT's projections and LM head in place (one matrix at a time); returns the model."""
-    from .model import GPT, Conv1D
-
     if method not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={method!r}: the choices are {', '.join(QUANTIZE_CHOICES)}")
-    if not isinstance(model, GPT):
+    if not hasattr(model, "int8_head"):  # the model with a tied LM head (`minigpt.model.Transformer`)
         raise TypeError(f"quantize_ expects a minigpt GPT, got {type(model).__name__}")
     if model.quantized:
         return model

@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import save_reward_model
 from .config import GPTConfig
-from .model import GPT
+from .errors import CheckpointError
+from .loading import SCORE_KEY, has_tensor, read_state_dict, resolve_checkpoint
+from .model import Transformer
 
 
 def reward_positions(input_ids: Tensor, pad_id: int, attention_mask: Tensor | None = None) -> Tensor:
@@ -33,9 +36,9 @@ def reward_positions(input_ids: Tensor, pad_id: int, attention_mask: Tensor | No
 class RewardModel(nn.Module):
     """`rm(input_ids, attention_mask=None)` -> rewards [B], one scalar per row."""
 
-    def __init__(self, config: GPTConfig, transformer: GPT | None = None) -> None:
+    def __init__(self, config: GPTConfig, transformer: Transformer | None = None) -> None:
         super().__init__()
-        self.transformer = transformer if transformer is not None else GPT(config)
+        self.transformer = transformer if transformer is not None else Transformer(config)
         self.score = nn.Linear(config.n_embd, 1, bias=False, device=self.transformer.device,
                                dtype=self.transformer.dtype)
 
@@ -44,7 +47,7 @@ class RewardModel(nn.Module):
         return self.transformer.config
 
     @classmethod
-    def from_lm(cls, lm: GPT, *, seed: int = 0) -> "RewardModel":
+    def from_lm(cls, lm: Transformer, *, seed: int = 0) -> "RewardModel":
         """A reward model on `lm`'s body (weights shared, not copied) with a new head drawn from
         N(0, 1/(n_embd + 1)) (the initialisation of OpenAI's lm-human-preferences), seeded."""
         model = cls(lm.config, lm)
@@ -56,15 +59,11 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "RewardModel":
-        """Load a saved reward model (see `minigpt.loading.load_reward_model`)."""
-        from .loading import load_reward_model
-
+        """Load a saved reward model (see `load_reward_model`)."""
         return load_reward_model(name_or_path, **kwargs)
 
     def save_pretrained(self, directory: str | Path, *, tokenizer=None, template=None) -> None:
         """Write the GPT2ForSequenceClassification hub layout atomically (see `minigpt.checkpoint`)."""
-        from .checkpoint import save_reward_model
-
         save_reward_model(self, directory, tokenizer=tokenizer, template=template)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -84,3 +83,27 @@ class RewardModel(nn.Module):
             raise ValueError("the reward head is zero: rewards cannot be shifted")
         bias = self.transformer.ln_f.bias
         bias.copy_((bias.float() + shift * w / norm2).to(bias.dtype))
+
+
+def load_reward_model(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+) -> RewardModel:
+    """Load a reward model saved as transformers' GPT2ForSequenceClassification (`transformer.*` + `score.weight`
+    [1, n_embd]); a checkpoint without `score.weight` is refused (start one with `RewardModel.from_lm`)."""
+    files = resolve_checkpoint(name_or_path, revision=revision)
+    if not has_tensor(files, SCORE_KEY):
+        raise CheckpointError(f"{name_or_path}: no {SCORE_KEY}, so not a reward model (a language model? train a "
+                              "reward model from it with minigpt-reward)")
+    with torch.device("meta"):
+        model = RewardModel(files.config)
+    expected = {name: tuple(t.shape) for name, t in model.transformer.state_dict().items()}
+    expected[SCORE_KEY] = (1, files.config.n_embd)
+    state = read_state_dict(files.weights, expected, dtype=dtype or torch.float32,
+                            device=torch.device(device) if device is not None else torch.device("cpu"))
+    state = {(k if k == SCORE_KEY else f"transformer.{k}"): v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()

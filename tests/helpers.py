@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the revision fake hub-cache entries are filed under
 
 
 def run_script(*args, env_extra: dict | None = None, timeout: int = 300):
@@ -213,3 +214,15 @@ def synthetic_preferences(n: int, seed: int = 0, *, ranked_every: int = 4) -> li
         else:
             records.append({"prompt": prompt, "chosen": good, "rejected": bad})
     return records
+
+
+def fill_hf_cache(hf_home: Path, repo: str, source: Path) -> Path:
+    """Put `source`'s files into the HF cache layout as repo `repo` at revision main."""
+    import shutil
+
+    root = hf_home / "hub" / f"models--{repo}"
+    snapshot = root / "snapshots" / HUB_COMMIT
+    shutil.copytree(source, snapshot)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(HUB_COMMIT)
+    return snapshot

@@ -14,6 +14,8 @@ from helpers import REPO_ROOT
 from minigpt import GPT, Tokenizer
 from minigpt.text import complete
 
+pytestmark = pytest.mark.slow  # every test runs a CLI in a fresh Python process
+
 SCRIPT = str(REPO_ROOT / "scripts" / "generate.py")
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import synthetic_instructions, write_jsonl
 
 from minigpt import GPT
-from minigpt.data import (
+from minigpt.train.data import (
     IGNORE_INDEX,
     DataError,
     PromptTemplate,

@@ -3,7 +3,7 @@
 import torch
 
 from minigpt import GPT
-from minigpt.fast import bucketed_length, compile_decode
+from minigpt.inference.fast import bucketed_length, compile_decode
 
 
 def test_bucketed_length():

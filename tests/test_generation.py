@@ -8,7 +8,7 @@ import torch
 from helpers import make_hf_model
 
 from minigpt import GPT, GenerationError
-from minigpt.generation import prefill, decode_step
+from minigpt.inference.decode import decode_step, prefill
 
 
 def hf_greedy(hf, ids, new):
@@ -213,7 +213,7 @@ def test_no_repeat_ngram_min_new_tokens_and_bad_words_in_generation_equal_transf
         theirs = tiny_hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                                   eos_token_id=eos, pad_token_id=eos, **kwargs)
         words = kwargs.pop("bad_words_ids", None)
-        from minigpt.generation import generate
+        from minigpt.inference.generation import generate
         from minigpt.sampling import SamplingParams
 
         params = SamplingParams(**kwargs, bad_words_ids=tuple(map(tuple, words)) if words else ())

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, locate_tokenizer_files
+from helpers import REPO_ROOT, fill_hf_cache, locate_tokenizer_files
 
 from minigpt.hub import can_connect, probe_address
 
+pytestmark = pytest.mark.slow  # CLIs in fresh processes against an unreachable hub
+
 GENERATE = str(REPO_ROOT / "scripts" / "generate.py")
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def closed_port() -> int:
@@ -31,16 +32,6 @@ def unreachable_hub_env(hf_home: Path) -> dict[str, str]:
            if k not in ("HF_HUB_OFFLINE", "MINIGPT_DEBUG", "MINIGPT_TOKENIZER_DIR", "HF_HUB_CACHE")}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(hf_home), OMP_NUM_THREADS="1")
     return env
-
-
-def fill_hf_cache(hf_home: Path, repo: str, source: Path) -> Path:
-    """Put `source`'s files into the HF cache layout as repo `repo` at revision main."""
-    root = hf_home / "hub" / f"models--{repo}"
-    snapshot = root / "snapshots" / COMMIT
-    shutil.copytree(source, snapshot)
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    return snapshot
 
 
 def run(args, env, timeout=120):

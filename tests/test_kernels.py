@@ -5,7 +5,7 @@ import torch
 
 from minigpt import GPT
 from minigpt.kernels import KERNELS, choose_layouts_, matmul_in_out, relayout, stored_out_in
-from minigpt.model import Conv1D
+from minigpt.kernels import Conv1D
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -12,13 +12,14 @@ from helpers import REPO_ROOT, run_script, write_jsonl
 
 from minigpt import GPT, RewardModel
 from minigpt.config import GPTConfig
-from minigpt.data import DataError, PromptTemplate
+from minigpt.train.data import DataError, PromptTemplate
 from minigpt.train import STATE_FILE, PPOConfig, TrainingError, train_ppo
 from minigpt.train.ppo import PPO, VALUE_HEAD_FILE, VALUE_HEAD_KEY, PolicyWithValue, PPOLoss, new_value_head
 from minigpt.train.prompts import load_prompts
 from minigpt.train.rl import adaptive_kl_coef, gae, kl_penalty_rewards, policy_loss, value_loss, whiten
 from minigpt.train.rollout import response_outputs, sample_responses
 from minigpt.train.run import LOG_FILE
+
 
 PPO_SCRIPT = str(REPO_ROOT / "scripts" / "ppo.py")
 WORDS = "apple river stone cloud music garden paper light window forest ocean bread silver tiger candle".split()
@@ -248,6 +249,7 @@ def ppo_config(task, out, **overrides):
     return PPOConfig(**settings)
 
 
+@pytest.mark.slow
 def test_ppo_raises_the_reward_on_held_out_prompts_with_bounded_kl(task, tmp_path):
     result = train_ppo(ppo_config(task, tmp_path / "run", max_steps=16, eval_every=16), progress=False)
     (_, before), (_, after) = result.eval_metrics[0], result.eval_metrics[-1]
@@ -264,6 +266,7 @@ def test_ppo_raises_the_reward_on_held_out_prompts_with_bounded_kl(task, tmp_pat
     assert load_file(str(tmp_path / "run" / VALUE_HEAD_FILE))[VALUE_HEAD_KEY].shape == (1, 64)
 
 
+@pytest.mark.slow
 def test_the_kl_penalty_keeps_the_policy_closer_to_the_start(task, tmp_path):
     kls = {}
     for beta in (0.0, 3.0):
@@ -275,6 +278,7 @@ def test_the_kl_penalty_keeps_the_policy_closer_to_the_start(task, tmp_path):
     assert kls[0.0] > 1.5 * kls[3.0] and kls[0.0] > 0.5, kls
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(task, tmp_path):
     settings = dict(max_steps=4, batch_size=8, eval_every=2, ppo_epochs=2, mini_batches=2, target_kl=1.0,
                     kl_horizon=100)
@@ -297,6 +301,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(task, tmp_path):
         (tmp_path / "full" / STATE_FILE).read_text())["eval_metrics"]
 
 
+@pytest.mark.slow
 def test_reward_model_scores_and_value_head_start(task, tokenizer, tmp_path):
     rm = RewardModel.from_lm(GPT.from_pretrained(task["model"]), seed=3)
     rm.save_pretrained(tmp_path / "rm", tokenizer=tokenizer, template=PromptTemplate())
@@ -316,6 +321,7 @@ def test_reward_model_scores_and_value_head_start(task, tokenizer, tmp_path):
     assert torch.allclose(head, rm.score.weight, atol=1e-4)  # initialised from the reward model's head
 
 
+@pytest.mark.slow
 def test_cli_trains_exports_to_transformers_and_refuses_bad_rewards(task, tmp_path):
     from transformers import GPT2LMHeadModel
 
@@ -374,6 +380,7 @@ def test_ptx_term_is_the_weighted_summed_cross_entropy():
     assert stats[-1].item() == pytest.approx(ce_sum.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_ptx_keeps_the_policy_good_at_its_pretraining_text(task, tokenizer, tmp_path):
     from minigpt.train.corpus import TokenWindows, load_token_file
     from minigpt.train.lm import collate_windows

@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 from helpers import REPO_ROOT, run_script, synthetic_instructions, synthetic_preferences, write_jsonl
 
 from minigpt import GPT, RewardModel
-from minigpt.data import DataError, PromptTemplate
+from minigpt.train.data import DataError, PromptTemplate
 from minigpt.train import STATE_FILE, DPOConfig, RewardConfig, train_dpo, train_reward_model
 from minigpt.train.dpo import DPOLoss, dpo_pair_losses, sequence_logps
 from minigpt.train.preferences import collate_preferences, load_preferences, parse_preference, split_hh
 from minigpt.train.reward import ranking_loss
+
 
 REWARD = str(REPO_ROOT / "scripts" / "reward.py")
 DPO_SCRIPT = str(REPO_ROOT / "scripts" / "dpo.py")
@@ -73,6 +74,7 @@ def test_bad_lines_are_named_with_file_and_line(tokenizer, tmp_path):
     assert "5 bad record(s)" in message and "'rejected'" in message and "margin" in message
 
 
+@pytest.mark.slow
 def test_bad_preference_file_from_the_cli_trains_and_writes_nothing(text_model_dir, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", synthetic_preferences(4), raw_lines={3: "[1, 2]"})
     for script in (REWARD, DPO_SCRIPT):
@@ -133,6 +135,7 @@ def reward_run(text_model_dir, prefs, tmp_path_factory):
     return out, demos
 
 
+@pytest.mark.slow
 def test_reward_model_learns_the_preference_from_the_cli(reward_run, prefs):
     proc = run_script(REWARD, "--model", str(reward_run[0]), "--eval-data", str(prefs[1]), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -250,6 +253,7 @@ def dpo_config(data, out, model, **overrides) -> DPOConfig:
     return DPOConfig(**base)
 
 
+@pytest.mark.slow
 def test_precomputed_reference_equals_online_reference(text_model_dir, prefs, tmp_path):
     pre = train_dpo(dpo_config(prefs[0], tmp_path / "pre", text_model_dir), progress=False)
     online = train_dpo(dpo_config(prefs[0], tmp_path / "online", text_model_dir, precompute_ref=False),
@@ -263,6 +267,7 @@ def test_precomputed_reference_equals_online_reference(text_model_dir, prefs, tm
 # --------------------------------------------------------------------------- end to end, resume
 
 
+@pytest.mark.slow
 def test_dpo_from_the_cli_prefers_held_out_chosen_and_exports_an_lm(text_model_dir, prefs, tmp_path):
     from transformers import GPT2LMHeadModel
 
@@ -283,6 +288,7 @@ def test_dpo_from_the_cli_prefers_held_out_chosen_and_exports_an_lm(text_model_d
     assert PromptTemplate.load(out) == PromptTemplate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["reward", "dpo"])
 def test_interrupted_and_resumed_preference_run_is_bit_identical(kind, text_model_dir, prefs, tmp_path):
     if kind == "reward":

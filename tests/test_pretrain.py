@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 from helpers import REPO_ROOT, run_script
 
 from minigpt import GPT
-from minigpt.data import DataError
+from minigpt.train.data import DataError
 from minigpt.train import PretrainConfig, TrainingError, train_lm
 from minigpt.train import corpus as corpus_module
 from minigpt.train.corpus import TokenWindows, load_token_file
 from minigpt.train.lm import LM
+
 
 PRETRAIN = str(REPO_ROOT / "scripts" / "pretrain.py")
 SEPARATOR = "\n\n===\n\n"
@@ -120,6 +121,7 @@ def test_sequential_walks_the_windows_in_order_and_random_is_seeded(text_model_d
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_random_init_learns_the_corpus_by_orders_of_magnitude(text_model_dir, corpus, tmp_path):
     from transformers import GPT2LMHeadModel
 
@@ -134,6 +136,7 @@ def test_random_init_learns_the_corpus_by_orders_of_magnitude(text_model_dir, co
         assert torch.allclose(ours(ids), theirs(ids).logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(text_model_dir, corpus, tmp_path):
     settings = dict(max_steps=4, eval_every=2, micro_batch_size=4)
     full = train_lm(lm_config(text_model_dir, corpus, tmp_path / "full", **settings), progress=False)
@@ -147,6 +150,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(text_model_dir, corpus, tm
     assert resumed.eval_metrics == full.eval_metrics
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one(text_model_dir, corpus, tmp_path):
     one = tmp_path / "one"
     train_lm(lm_config(text_model_dir, corpus, one, max_steps=3, micro_batch_size=2, cache_dir=str(tmp_path / "c")),
@@ -185,6 +189,7 @@ def test_bad_corpora_are_refused_and_nothing_is_written(text_model_dir, corpus, 
         assert not any((tmp_path / "cache").glob("*.u16")) if (tmp_path / "cache").exists() else True
 
 
+@pytest.mark.slow
 def test_cli_one_line_errors(text_model_dir, corpus, tmp_path):
     small_vocab = tmp_path / "small.json"
     config = json.loads((text_model_dir / "config.json").read_text())

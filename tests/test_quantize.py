@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minigpt import GPT, CheckpointError
-from minigpt.model import Conv1D
+from minigpt.kernels import Conv1D
 from minigpt.quantize import Int8Linear, int8_kernel_available, quantize_, quantize_per_channel
 
 
@@ -102,7 +102,7 @@ def test_quantized_models_refuse_to_save_and_bad_choices_are_named(tiny_dir, tmp
 
 @torch.no_grad()
 def test_compiled_int8_decoding_equals_eager_int8(tiny_dir):
-    from minigpt.fast import compile_decode
+    from minigpt.inference.fast import compile_decode
 
     eager = GPT.from_pretrained(str(tiny_dir), quantize="int8")
     compiled = compile_decode(GPT.from_pretrained(str(tiny_dir), quantize="int8"))

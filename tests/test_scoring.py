@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from helpers import REPO_ROOT, synthetic_instructions, write_jsonl
 
 from minigpt import GPT
-from minigpt.data import PromptTemplate, load_examples
+from minigpt.train.data import PromptTemplate, load_examples
 from minigpt.scoring import score_examples, score_ids, windows
 from minigpt.train import evaluate
 
@@ -74,6 +74,7 @@ def run_score(*args):
                           stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_score_cli_text_and_data(text_model_dir, tokenizer, tmp_path):
     text = "The quick brown fox jumps over the lazy dog. " * 12
     (tmp_path / "t.txt").write_text(text)
@@ -90,6 +91,7 @@ def test_score_cli_text_and_data(text_model_dir, tokenizer, tmp_path):
     assert "perplexity" in result.stdout and "4 responses" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--text", "/nonexistent.txt"], "not found"),
     (["--text", "{txt}", "--stride", "0"], "--stride must be >= 1"),

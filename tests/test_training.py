@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from helpers import REPO_ROOT, run_script, synthetic_instructions, write_jsonl
 
 from minigpt import GPT, Tokenizer
-from minigpt.data import PromptTemplate
+from minigpt.train.data import PromptTemplate
 from minigpt.train import (
     STATE_FILE,
     TENSOR_STATE_FILE,
@@ -27,6 +27,7 @@ from minigpt.train import (
     resume,
     train,
 )
+
 
 FINETUNE = str(REPO_ROOT / "scripts" / "finetune.py")
 
@@ -113,6 +114,7 @@ def test_checkpoint_reloads_in_minigpt_and_transformers(sft_run, text_model_dir)
     assert GPT2TokenizerFast.from_pretrained(str(out))(text)["input_ids"] == Tokenizer.from_pretrained(out).encode(text)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_is_bit_identical(text_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
     straight = train(tiny_config(data, tmp_path / "straight", text_model_dir), progress=False)
@@ -156,6 +158,7 @@ def test_gradient_accumulation_matches_one_big_batch(text_model_dir, tmp_path):
     assert max_difference(a, b) <= 1e-5
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one(text_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
     one = tmp_path / "one"
@@ -172,6 +175,7 @@ def test_two_processes_under_torchrun_match_one(text_model_dir, tmp_path):
     assert min((a[k] - start[k]).abs().max() for k in a) > 1e-4  # both moved far more than they differ
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_resumable_checkpoint(text_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
     out = tmp_path / "run"
@@ -198,6 +202,7 @@ def test_ctrl_c_writes_a_resumable_checkpoint(text_model_dir, tmp_path):
     assert json.loads((out / STATE_FILE).read_text())["step"] == 100
 
 
+@pytest.mark.slow
 def test_bad_data_cli_one_line_and_skip(text_model_dir, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", synthetic_instructions(6), {2: "{oops", 4: json.dumps({"prompt": "p"})})
     out = tmp_path / "run"
@@ -221,6 +226,7 @@ def test_bad_data_cli_one_line_and_skip(text_model_dir, tmp_path):
     (["--lr", "-1"], "lr must be > 0"),
     (["--data", "/nonexistent.jsonl"], "data file not found"),
 ])
+@pytest.mark.slow
 def test_bad_settings_are_one_line(text_model_dir, tmp_path, sft_data, args, message):
     base = ["--data", str(sft_data), "--out", str(tmp_path / "o"), "--model", str(text_model_dir)]
     result = run_script(FINETUNE, *base, *args)
@@ -258,6 +264,7 @@ def test_bf16_autocast_path_trains(text_model_dir, sft_data, tmp_path):
     assert tensors(tmp_path / "b")["transformer.h.0.mlp.c_fc.weight"].dtype == torch.float32  # fp32 master weights
 
 
+@pytest.mark.slow
 def test_ctrl_c_under_torchrun_saves_once_all_workers_agree(text_model_dir, tmp_path):
     """A terminal's Ctrl-C reaches torchrun, which forwards SIGINT to each worker: the workers finish the
     same step (they agree through an all-reduce) and rank 0 writes the checkpoint."""

@@ -138,7 +138,8 @@ def instruct_prompt(args: argparse.Namespace, instruction: str) -> str:
     """The templated prompt for --instruct: the model's saved template (or --template)."""
     from pathlib import Path
 
-    from ..data import TEMPLATE_FILE, DataError, PromptTemplate
+    from ..errors import DataError
+    from ..template import TEMPLATE_FILE, PromptTemplate
 
     if not instruction.strip():
         raise UsageError("--instruct needs a non-empty instruction (--prompt, --prompt-file or stdin)")
@@ -172,6 +173,7 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 
 def load(args: argparse.Namespace, device: torch.device):
+    from ..inference.fast import compile_decode
     from ..loading import load_pretrained
     from ..tokenizer import Tokenizer
 
@@ -181,15 +183,17 @@ def load(args: argparse.Namespace, device: torch.device):
         status("--compile on a CPU: the first generation compiles the decode step (tens of seconds)")
     start = time.perf_counter()
     model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype], config=args.config,
-                            compile=args.compile, quantize=args.quantize)
+                            quantize=args.quantize)
+    if args.compile:
+        compile_decode(model)
     tokenizer = Tokenizer.for_model(args.model, args.tokenizer)
     status(f"loaded in {time.perf_counter() - start:.1f}s")
     return model, tokenizer
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sampling import SamplingParams
-    from ..text import beam_completions, completion_logprobs, stream_completions
+    from ..inference.sampling import SamplingParams
+    from ..inference.text import beam_completions, completion_logprobs, stream_completions
 
     check_args(args)
     device = pick_device(args.device)

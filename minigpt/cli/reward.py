@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Accuracy, mean margin and per-record rewards of a saved reward model on --eval-data."""
-    from ..data import PromptTemplate
+    from ..template import PromptTemplate
     from ..reward_model import RewardModel
     from ..tokenizer import Tokenizer
     from ..train.preferences import load_preferences

@@ -69,7 +69,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def template_for(args: argparse.Namespace):
-    from ..data import TEMPLATE_FILE, PromptTemplate
+    from ..template import TEMPLATE_FILE, PromptTemplate
 
     if args.template:
         return PromptTemplate.load(args.template), args.template
@@ -80,7 +80,7 @@ def template_for(args: argparse.Namespace):
 
 
 def score_text_file(args: argparse.Namespace, model, tokenizer):
-    from ..scoring import score_ids
+    from ..inference.scoring import score_ids
 
     try:
         text = Path(args.text).read_text(encoding="utf-8")
@@ -107,8 +107,8 @@ def score_text_file(args: argparse.Namespace, model, tokenizer):
 
 
 def score_data_file(args: argparse.Namespace, model, tokenizer):
-    from ..data import load_examples
-    from ..scoring import score_examples
+    from ..train.data import load_examples
+    from ..inference.scoring import score_examples
 
     template, template_source = template_for(args)
     examples, report = load_examples(args.data, tokenizer, template, model.config.n_positions, skip_bad=args.skip_bad)

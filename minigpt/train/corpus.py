@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..data import DataError, DataReport
+from .data import DataError, DataReport
 from ..progress import Progress
 from ..tokenizer import Tokenizer
 

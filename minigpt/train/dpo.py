@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import IGNORE_INDEX
-from ..model import GPT
+from .data import IGNORE_INDEX
+from ..model import Transformer
 from .config import TrainConfig, TrainingError
 from .preferences import (
     PreferenceBatch,
@@ -61,7 +61,7 @@ class DPOConfig(TrainConfig):
             raise TrainingError("label_smoothing applies to the sigmoid loss only")
 
 
-def sequence_logps(model: GPT, input_ids: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+def sequence_logps(model: Transformer, input_ids: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Per row: the sum of log p(target) over the positions with a target [R], and their number [R].
     The LM head runs only on those positions."""
     hidden = model.features(input_ids)  # [R, T, C]
@@ -88,7 +88,7 @@ class DPOLoss(nn.Module):
     """Summed per-record DPO loss of a micro-batch; the reference log-probs come with the batch (precomputed)
     or from `reference`, a frozen copy of the start model."""
 
-    def __init__(self, policy: GPT, reference: GPT | None, config: DPOConfig) -> None:
+    def __init__(self, policy: Transformer, reference: Transformer | None, config: DPOConfig) -> None:
         super().__init__()
         self.policy = policy
         self.reference = reference
@@ -104,7 +104,7 @@ class DPOLoss(nn.Module):
 
 
 @torch.no_grad()
-def reference_logps(reference: GPT | None, batch: PreferenceBatch) -> Tensor:
+def reference_logps(reference: Transformer | None, batch: PreferenceBatch) -> Tensor:
     if reference is None:
         raise TrainingError("no reference log-probs: precompute them or keep the reference model loaded")
     return sequence_logps(reference, batch.input_ids, batch.targets)[0]
@@ -118,7 +118,7 @@ class DPO(Objective):
 
     def __init__(self, config: DPOConfig) -> None:
         super().__init__(config)
-        self.reference: GPT | None = None
+        self.reference: Transformer | None = None
         self.saved_refs: dict[str, Tensor] = {}
         self.refs: dict[str, Tensor] = {}
 
@@ -158,7 +158,7 @@ class DPO(Objective):
 
     @staticmethod
     @torch.no_grad()
-    def _compute_refs(model: GPT, items: list[PreferenceExample], *, batch_size: int, device: torch.device,
+    def _compute_refs(model: Transformer, items: list[PreferenceExample], *, batch_size: int, device: torch.device,
                       autocast, pad_id: int) -> list[float]:
         was_training = model.training
         model.eval()
@@ -189,7 +189,7 @@ class DPO(Objective):
 
 
 @torch.no_grad()
-def dpo_metrics(policy: GPT, reference: GPT | None, items: list[PreferenceExample], config: DPOConfig, *,
+def dpo_metrics(policy: Transformer, reference: Transformer | None, items: list[PreferenceExample], config: DPOConfig, *,
                 batch_size: int = 8, device: torch.device | None = None,
                 autocast: torch.autocast | None = None) -> dict[str, float]:
     """loss; accuracy (share of pairs whose implicit reward beta (log pi - log pi_ref) ranks them right);

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..data import Batch
+from .data import Batch
 from .config import TrainConfig, TrainingError
 from .corpus import CorpusReport, TokenWindows, content_digest, corpus_files, shared_token_file
 from .objective import Objective

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import GPTConfig
-from ..data import DataReport, PromptTemplate
-from ..model import GPT
+from .data import DataReport, PromptTemplate
+from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .config import TrainConfig
 from .state import file_sha256
@@ -49,17 +49,17 @@ def start_model_config(model: str, *, random_init: bool) -> GPTConfig:
     return resolve_checkpoint(model).config
 
 
-def load_start_model(config: TrainConfig, model_config: GPTConfig) -> GPT:
+def load_start_model(config: TrainConfig, model_config: GPTConfig) -> Transformer:
     """The weights training starts from: loaded (never silently random) unless random_init asks for it."""
     if not config.random_init:
         from ..loading import load_pretrained
 
         return load_pretrained(config.model, layouts=TRAINING_LAYOUTS)
     torch.manual_seed(config.seed)
-    return GPT(model_config)
+    return Transformer(model_config)
 
 
-def frozen_start_model(config: TrainConfig, device: torch.device) -> GPT:
+def frozen_start_model(config: TrainConfig, device: torch.device) -> Transformer:
     """The start model again, frozen (eval mode, no gradients): the reference policy of DPO and PPO."""
     model_config = start_model_config(config.model, random_init=config.random_init)
     return load_start_model(config, model_config).to(device).eval().requires_grad_(False)
@@ -94,7 +94,7 @@ class Objective:
 
     def split_eval(self, items: Any, fraction: float, seed: int) -> tuple[Any, Any]:
         """(train, eval) when no eval data is given. Default: a seeded random `fraction` of the records."""
-        from ..data import split_eval
+        from .data import split_eval
 
         return split_eval(items, fraction, seed)
 
@@ -127,7 +127,7 @@ class Objective:
             return load_pretrained(source, layouts=TRAINING_LAYOUTS)
         return load_start_model(self.config, model_config)
 
-    def lm(self, model: nn.Module) -> GPT:
+    def lm(self, model: nn.Module) -> Transformer:
         """The GPT-2 inside the trained module."""
         return model  # type: ignore[return-value]
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import GPTConfig
-from ..model import GPT
+from ..model import Transformer
 from .config import TrainConfig, TrainingError
 from .corpus import TokenWindows, shared_token_file
 from .env import all_reduce_
@@ -108,9 +108,9 @@ class PPOConfig(TrainConfig):
 
 
 class PolicyWithValue(nn.Module):
-    """The trained module: the policy (a GPT) and a scalar value head reading its final hidden states."""
+    """The trained module: the policy (a Transformer) and a scalar value head reading its final hidden states."""
 
-    def __init__(self, policy: GPT, value_head: nn.Linear) -> None:
+    def __init__(self, policy: Transformer, value_head: nn.Linear) -> None:
         super().__init__()
         self.policy = policy
         self.value_head = value_head
@@ -174,7 +174,7 @@ class PPO(Objective):
 
     def __init__(self, config: PPOConfig) -> None:
         super().__init__(config)
-        self.reference: GPT | None = None
+        self.reference: Transformer | None = None
         self.scorer: Callable[[list[Prompt], list[str]], Tensor] | None = None
         self.kl_coef = config.kl_coef
         self.tokenizer = None
@@ -199,7 +199,7 @@ class PPO(Objective):
         # a fresh head; `prepare` copies the reward model's score into it when there is one
         return PolicyWithValue(policy, new_value_head(policy.config.n_embd, seed=self.config.seed))
 
-    def lm(self, model: PolicyWithValue) -> GPT:
+    def lm(self, model: PolicyWithValue) -> Transformer:
         return model.policy
 
     def prepare(self, run: Run) -> None:

@@ -9,7 +9,7 @@ One JSON object per line, three shapes:
   "\\n\\nAssistant:"; a record without such a shared prefix is a bad line.
 
 The prompt is rendered with the prompt template and each response tokenized separately with EOS appended,
-exactly as SFT does (`minigpt.data.tokenize_record`), so one record is K SFT-style examples sharing a prompt.
+exactly as SFT does (`minigpt.train.data.tokenize_record`), so one record is K SFT-style examples sharing a prompt.
 A batch puts every response of every record in a row of its own, best first within a record.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ..data import DataError, DataReport, Example, PromptTemplate, Record, collate, read_jsonl, tokenize_record
+from .data import DataError, DataReport, Example, PromptTemplate, Record, collate, read_jsonl, tokenize_record
 from ..tokenizer import Tokenizer
 
 HH_SEPARATOR = "\n\nAssistant:"

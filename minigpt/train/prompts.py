@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data import DataError, DataReport, PromptTemplate, read_jsonl
+from .data import DataError, DataReport, PromptTemplate, read_jsonl
 from ..tokenizer import Tokenizer
 from .preferences import parse_preference, text_field
 

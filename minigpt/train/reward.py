@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import PromptTemplate, load_examples
-from ..model import GPT
-from ..reward_model import RewardModel
+from .data import PromptTemplate, load_examples
+from ..model import Transformer
+from ..loading import has_tensor, resolve_checkpoint
+from ..reward_model import RewardModel, load_reward_model
 from .config import TrainConfig, TrainingError
 from .preferences import (
     PreferenceBatch,
@@ -150,13 +151,11 @@ class Reward(Objective):
         return sum(len(e.ids) for e in item.responses)
 
     def load_model(self, source, *, resumed, model_config):
-        from ..loading import has_tensor, load_reward_model, resolve_checkpoint
-
         if resumed or (not self.config.random_init and has_tensor(resolve_checkpoint(source), "score.weight")):
             return load_reward_model(source)
         return RewardModel.from_lm(load_start_model(self.config, model_config), seed=self.config.seed)
 
-    def lm(self, model: RewardModel) -> GPT:
+    def lm(self, model: RewardModel) -> Transformer:
         return model.transformer
 
     def loss_module(self, model):

@@ -15,10 +15,10 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from ..generation import decode_step, prefill, release
-from ..model import GPT
-from ..sampling import SamplingParams, select_next
-from ..text import left_pad
+from ..inference.generation import decode_step, prefill, release
+from ..model import Transformer
+from ..inference.sampling import SamplingParams, select_next
+from ..inference.text import left_pad
 from .rl import entropy_from_logps, last_token_index
 
 
@@ -56,7 +56,7 @@ class Rollouts:
 
 
 @torch.no_grad()
-def sample_responses(policy: GPT, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+def sample_responses(policy: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
                      eos_id: int, generator: torch.Generator | None) -> Rollouts:
     """Sample one response per prompt with the KV cache, gathering log pi(token) (temperature-scaled) as it goes.
 
@@ -92,7 +92,7 @@ class ResponseOutputs:
     entropy: Tensor | None  # [B, R] entropy of the temperature-scaled next-token distribution; 0 on padding
 
 
-def response_outputs(policy: GPT, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
+def response_outputs(policy: Transformer, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
                      response_mask: Tensor, *, temperature: float, value_head: nn.Module | None = None,
                      entropy: bool = False) -> ResponseOutputs:
     """One full (uncached) forward pass over prompts + responses: per-token log-probs of the responses, and

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..data import DataReport, PromptTemplate
+from .data import DataReport, PromptTemplate
 from ..progress import Progress, format_duration
 from ..tokenizer import Tokenizer
 from .config import TrainConfig, TrainingError

@@ -2,7 +2,7 @@
 
 Both are called as `scorer(prompts, responses) -> Tensor [B]` with the `Prompt` records and the decoded
 response texts (EOS removed). A reward model reads each pair rendered as in its own training: its template's
-prompt, the response, EOS (`minigpt.data.tokenize_record`). A function `FILE.py:FUNCTION` gets
+prompt, the response, EOS (`minigpt.train.data.tokenize_record`). A function `FILE.py:FUNCTION` gets
 `(prompts: list[str], responses: list[str])` and returns one finite number per response; anything else (an
 exception, a NaN, a wrong count) stops training with one message naming the function.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..data import PromptTemplate, Record, tokenize_record
+from .data import PromptTemplate, Record, tokenize_record
 from ..reward_model import RewardModel
 from ..tokenizer import Tokenizer
 from .config import TrainingError

@@ -1,6 +1,6 @@
 """Supervised fine-tuning (InstructGPT step 1): train GPT-2 on demonstrations, the loss on the responses only.
 
-The data, template and masked labels are `minigpt.data`'s; the loop is `minigpt.train.run`'s. The step loss is
+The data, template and masked labels are `minigpt.train.data`'s; the loop is `minigpt.train.run`'s. The step loss is
 the summed cross entropy of all response tokens (+ EOS) in the global batch divided by their number.
 """
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import IGNORE_INDEX, Batch, Example, collate, load_examples
-from ..model import GPT
+from .data import IGNORE_INDEX, Batch, Example, collate, load_examples
+from ..model import Transformer
 from .config import TrainConfig
 from .objective import Objective
 from .run import TrainResult, run_training
@@ -27,7 +27,7 @@ class ResponseLoss(nn.Module):
     A module (not a function) so DistributedDataParallel can wrap it.
     """
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: Transformer) -> None:
         super().__init__()
         self.model = model
 
@@ -39,7 +39,7 @@ class ResponseLoss(nn.Module):
 
 
 @torch.no_grad()
-def evaluate(model: GPT, examples: list[Example], *, batch_size: int, device: torch.device,
+def evaluate(model: Transformer, examples: list[Example], *, batch_size: int, device: torch.device,
              autocast: torch.autocast | None = None) -> float:
     """Mean cross entropy per response token (+ EOS) over `examples`; exp of it is their perplexity."""
     was_training = model.training
@@ -73,7 +73,7 @@ class SFT(Objective):
     def tokens(self, item: Example) -> int:
         return len(item.ids) - 1
 
-    def loss_module(self, model: GPT) -> nn.Module:
+    def loss_module(self, model: Transformer) -> nn.Module:
         return ResponseLoss(model)
 
     def evaluate(self, model, items, *, batch_size, device, autocast):

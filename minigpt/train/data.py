@@ -23,73 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import MiniGPTError
-from .tokenizer import Tokenizer
+from ..errors import DataError
+from ..inference.scoring import IGNORE_INDEX, Batch, Example, collate
+from ..template import TEMPLATE_FILE, PromptTemplate
+from ..tokenizer import Tokenizer
 
-IGNORE_INDEX = -100  # label of a position that does not count in the loss
-TEMPLATE_FILE = "prompt_template.json"
-
-
-class DataError(MiniGPTError, ValueError):
-    """An instruction file that cannot be used (the message names the file and line)."""
-
-
-# --------------------------------------------------------------------------- the prompt template
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """How an instruction (and optional input) becomes the text the response follows.
-
-    `{instruction}` and `{input}` are replaced literally (no str.format: braces in user text are safe).
-    """
-
-    name: str = "minigpt-instruct-v1"
-    prompt: str = "### Instruction:\n{instruction}\n\n### Response:\n"
-    prompt_with_input: str = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-
-    def render(self, instruction: str, input: str = "") -> str:
-        """The prompt text for one instruction; the response is appended right after it."""
-        if input:
-            return self.prompt_with_input.replace("{instruction}", instruction).replace("{input}", input)
-        return self.prompt.replace("{instruction}", instruction)
-
-    def save(self, directory: Path) -> None:
-        (Path(directory) / TEMPLATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def for_model(cls, model: str | Path | None, template: str | Path | None = None) -> "PromptTemplate":
-        """`template` if given; else the checkpoint directory `model`'s saved template; else the built-in one."""
-        if template:
-            return cls.load(template)
-        directory = Path(model).expanduser() if model is not None else None
-        if directory is not None and directory.is_dir() and (directory / TEMPLATE_FILE).is_file():
-            return cls.load(directory)
-        return cls()
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PromptTemplate":
-        """From a template JSON file, or a checkpoint directory holding `prompt_template.json`."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / TEMPLATE_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"no prompt template at {path} (fine-tuned checkpoints save {TEMPLATE_FILE})") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"cannot read prompt template {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise DataError(f"prompt template {path} does not hold a JSON object")
-        known = {"name", "prompt", "prompt_with_input"}
-        bad = sorted(set(data) - known) + [k for k in known if k in data and not isinstance(data[k], str)]
-        if bad:
-            raise DataError(f"prompt template {path}: unknown or non-string fields: {', '.join(bad)}")
-        template = cls(**data)
-        if "{instruction}" not in template.prompt or "{instruction}" not in template.prompt_with_input:
-            raise DataError(f"prompt template {path}: 'prompt' and 'prompt_with_input' must contain {{instruction}}")
-        return template
-
+__all__ = [  # the template, examples and batches are defined below this layer and re-exported here
+    "IGNORE_INDEX", "TEMPLATE_FILE", "Batch", "DataError", "DataReport", "Example", "PromptTemplate", "Record",
+    "collate", "demonstration", "load_examples", "parse_record", "read_jsonl", "split_eval", "tokenize_record",
+    "tokenize_records",
+]
 
 # --------------------------------------------------------------------------- reading records
 
@@ -172,20 +115,6 @@ def read_jsonl(path: str | Path, *, skip_bad: bool = False,
 # --------------------------------------------------------------------------- tokenizing
 
 
-@dataclass(frozen=True)
-class Example:
-    """One tokenized demonstration: `ids` = prompt + response (+ EOS); the loss covers ids[prompt_len:]."""
-
-    line: int
-    ids: list[int]
-    prompt_len: int
-    truncated: bool = False  # the response was cut to fit the context (and lost its EOS)
-
-    @property
-    def labels(self) -> list[int]:
-        return [IGNORE_INDEX] * self.prompt_len + self.ids[self.prompt_len:]
-
-
 @dataclass
 class DataReport:
     """What happened to the file's records on their way to examples."""
@@ -257,33 +186,3 @@ def split_eval(examples: list[Any], fraction: float, seed: int) -> tuple[list[An
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(order[:n_eval])
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
-
-
-# --------------------------------------------------------------------------- batches
-
-
-@dataclass
-class Batch:
-    """Right-padded inputs and shifted targets of a few examples."""
-
-    input_ids: Tensor  # [B, T] long; padding is EOS
-    targets: Tensor  # [B, T] long; IGNORE_INDEX where the position does not count
-
-    @property
-    def num_targets(self) -> int:
-        return int((self.targets != IGNORE_INDEX).sum())
-
-    def to(self, device: torch.device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.targets.to(device))
-
-
-def collate(examples: list[Example], pad_id: int) -> Batch:
-    """Inputs ids[:-1] and targets labels[1:] of each example, right-padded to the longest row."""
-    width = max(len(e.ids) - 1 for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.ids) - 1
-        input_ids[row, :n] = torch.tensor(example.ids[:-1])
-        targets[row, :n] = torch.tensor(example.labels[1:])
-    return Batch(input_ids, targets)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import GenerationError
-from .generation import DecodeState, decode_step, expand_rows, prefill, prepare_prompt, release, seen_tokens
-from .model import GPT
+from ..errors import GenerationError
+from ..model import Transformer
+from .decode import DecodeState, decode_step, expand_rows, prefill, prepare_prompt, release, seen_tokens
 from .sampling import SamplingParams, process_logits
 
 NEG = -1.0e9  # transformers' "minus infinity" for scores that must lose
@@ -63,7 +63,7 @@ def reorder_rows(state: DecodeState, rows: Tensor) -> None:
 
 @torch.no_grad()
 def beam_search(
-    model: GPT,
+    model: Transformer,
     input_ids: Tensor,
     max_new_tokens: int,
     *,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .model import GPT, KVCache
+from ..model import KVCache, Transformer
 
 CACHE_BUCKET = 256
 
@@ -25,7 +25,7 @@ def bucketed_length(length: int, n_positions: int) -> int:
 class StaticDecoder(nn.Module):
     """Owns a static KV cache for one (batch, length) shape and runs the compiled decode step over it."""
 
-    def __init__(self, model: GPT, mode: str | None = "reduce-overhead") -> None:
+    def __init__(self, model: Transformer, mode: str | None = "reduce-overhead") -> None:
         super().__init__()
         self.model = model
         self.use_graph = mode == "reduce-overhead" and model.device.type == "cuda"
@@ -90,7 +90,7 @@ class StaticDecoder(nn.Module):
             self.static_logits = self.step(*self.static_inputs)
 
 
-def compile_decode(model: GPT, mode: str | None = "reduce-overhead") -> GPT:
+def compile_decode(model: Transformer, mode: str | None = "reduce-overhead") -> Transformer:
     """Make `model.generate` decode through a compiled static-cache step (first call compiles: slow)."""
     # Set outside nn.Module's registry: the decoder holds the model, not the other way round.
     object.__setattr__(model, "_static_decoder", StaticDecoder(model, mode))
