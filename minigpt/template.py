@@ -7,19 +7,22 @@ prompt the model exactly as it was trained.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import DataError
 
 TEMPLATE_FILE = "prompt_template.json"
+FIELD = re.compile(r"\{instruction\}|\{input\}")
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
     """How an instruction (and optional input) becomes the text the response follows.
 
-    `{instruction}` and `{input}` are replaced literally (no str.format: braces in user text are safe).
+    `{instruction}` and `{input}` are replaced literally, each once, in one pass over the template (no
+    str.format: braces in user text are safe, and an instruction that contains the text `{input}` keeps it).
     """
 
     name: str = "minigpt-instruct-v1"
@@ -28,9 +31,9 @@ class PromptTemplate:
 
     def render(self, instruction: str, input: str = "") -> str:
         """The prompt text for one instruction; the response is appended right after it."""
-        if input:
-            return self.prompt_with_input.replace("{instruction}", instruction).replace("{input}", input)
-        return self.prompt.replace("{instruction}", instruction)
+        fields = {"{instruction}": instruction, "{input}": input}
+        template = self.prompt_with_input if input else self.prompt
+        return FIELD.sub(lambda match: fields[match.group(0)], template)
 
     def save(self, directory: Path) -> None:
         (Path(directory) / TEMPLATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")

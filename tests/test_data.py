@@ -30,6 +30,15 @@ def test_template_renders_both_forms_and_keeps_braces():
         "### Instruction:\nTranslate\n\n### Input:\n{x} chat\n\n### Response:\n")
 
 
+def test_template_renders_each_field_once():
+    """Text that looks like a field stays as the user wrote it (the input is never pasted into the instruction)."""
+    template = PromptTemplate()
+    text = template.render("Repeat the word {input} twice", "cat")
+    assert "Repeat the word {input} twice" in text and text.count("cat") == 1
+    swapped = PromptTemplate(prompt="{instruction}", prompt_with_input="{instruction}|{input}")
+    assert swapped.render("{input}", "{instruction}") == "{input}|{instruction}"
+
+
 def test_template_round_trip_and_bad_files(tmp_path):
     custom = PromptTemplate(name="mine", prompt="Q: {instruction}\nA:", prompt_with_input="Q: {instruction} ({input})\nA:")
     custom.save(tmp_path)

@@ -220,3 +220,26 @@ def test_no_repeat_ngram_min_new_tokens_and_bad_words_in_generation_equal_transf
         ours = generate(model, ids, 12, params=params, eos_token_id=eos)
         n = theirs.shape[1]
         assert torch.equal(ours[:, :n], theirs), kwargs
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_default_eos_is_the_models_for_greedy_and_beams_as_in_transformers(tmp_path, num_beams):
+    """eos_token_id=None means the model's EOS, in every mode (transformers: generation_config.eos_token_id)."""
+    hf = make_hf_model(seed=22, vocab_size=300)
+    ids = torch.randint(0, 300, (1, 5), generator=torch.Generator().manual_seed(4))
+    free = GPT.from_pretrained(_saved(hf, tmp_path / "free")).generate(ids, 12, eos_token_id=-1, num_beams=num_beams)
+    stop = int(free[0, 5])  # the first new token, which the free run follows with other tokens
+    assert (free[0, 5:] != stop).any()
+    hf.config.eos_token_id = hf.generation_config.eos_token_id = stop
+    model = GPT.from_pretrained(_saved(hf, tmp_path / "eos"))
+    ours = model.generate(ids, 12, num_beams=num_beams)
+    theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                         num_beams=num_beams, pad_token_id=stop)
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, free)  # it stopped at the model's EOS
+
+
+def _saved(hf, directory):
+    hf.save_pretrained(directory)
+    return str(directory)

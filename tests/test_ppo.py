@@ -74,6 +74,18 @@ def test_whitening_uses_the_population_variance_of_real_tokens_only():
                           atol=1e-5)
 
 
+def test_whitening_is_exact_when_the_mean_dwarfs_the_spread():
+    """E[x^2] - mean^2 in fp32 loses everything at mean 1e4 (the scale came out ~1e4); two passes do not."""
+    torch.manual_seed(1)
+    mask = ragged_mask([16, 9, 12], 16)
+    for offset in (3e3, 1e4, 1e6):
+        values = (torch.randn(3, 16, dtype=torch.float64) + offset).float()
+        real = values[mask.bool()].double()
+        out = whiten(values, mask)[mask.bool()].double()
+        assert out.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
+        assert torch.allclose(out, (real - real.mean()) / real.std(unbiased=False), atol=2e-3)
+
+
 def test_score_lands_on_the_last_real_token_and_kl_is_per_token():
     mask = ragged_mask([3, 1, 4], 4)
     logprobs, ref = torch.randn(3, 4) * mask, torch.randn(3, 4) * mask

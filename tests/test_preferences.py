@@ -111,10 +111,28 @@ def test_margin_and_center_rewards(tokenizer, tmp_path):
     r = torch.tensor([1.0, 0.5, 3.0, 2.0, -1.0], dtype=torch.float64)
     losses = ranking_loss(r, batch, center_rewards=0.1)
     # -log sigmoid(x) = log(1 + exp(-x)); chosen 1.0, rejected 0.5, margin 2
-    assert losses[0].item() == pytest.approx(math.log1p(math.exp(-(1.0 - 0.5 - 2.0))) + 0.1 * (1.0 + 0.25) / 2,
+    # TRL's centring: c * (r_chosen + r_rejected)^2 per pair, averaged with the pair losses
+    assert losses[0].item() == pytest.approx(math.log1p(math.exp(-(1.0 - 0.5 - 2.0))) + 0.1 * (1.0 + 0.5) ** 2,
                                              rel=1e-9)
     kwise = [math.log1p(math.exp(-d)) for d in (1.0, 4.0, 3.0)]  # 3-2, 3-(-1), 2-(-1)
-    assert losses[1].item() == pytest.approx(sum(kwise) / 3 + 0.1 * (9 + 4 + 1) / 3, rel=1e-9)
+    centring = [(3 + 2) ** 2, (3 - 1) ** 2, (2 - 1) ** 2]
+    assert losses[1].item() == pytest.approx(sum(kwise) / 3 + 0.1 * sum(centring) / 3, rel=1e-9)
+
+
+def test_center_rewards_never_pushes_on_the_margin(tokenizer, tmp_path):
+    """At r = (+1, -1) the pair's mean is 0: the centring term adds no gradient along the margin (the r^2 form
+    did: d loss / d margin > 0, shrinking the very margin the ranking loss grows)."""
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    items, _ = load_preferences(str(path), tokenizer, PromptTemplate(), 64)
+    batch = collate_preferences(items, 50256)
+    r = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    plain = torch.autograd.grad(ranking_loss(r, batch).sum(), r)[0]
+    centred = torch.autograd.grad(ranking_loss(r, batch, center_rewards=0.5).sum(), r)[0]
+    assert torch.allclose(plain, centred, atol=1e-12)
+    shifted = torch.tensor([3.0, 1.0], dtype=torch.float64, requires_grad=True)  # mean 2: pulled down, both alike
+    grad = torch.autograd.grad(ranking_loss(shifted, batch, center_rewards=0.5).sum(), shifted)[0]
+    grad_plain = torch.autograd.grad(ranking_loss(shifted, batch).sum(), shifted)[0]
+    assert torch.allclose(grad - grad_plain, torch.tensor([4.0, 4.0], dtype=torch.float64))
 
 
 def hf_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -182,6 +200,63 @@ def test_normalisation_gives_demonstrations_mean_zero_in_both_libraries(reward_r
             rewards_theirs.append(theirs(ids).logits[0, 0].item())
     assert abs(sum(rewards_ours) / len(rewards_ours)) <= 1e-5
     assert abs(sum(rewards_theirs) / len(rewards_theirs)) <= 1e-5
+
+
+def _rm_config(text_model_dir, prefs, out, demos, **kw):
+    return RewardConfig(data=str(prefs[0]), out=str(out), model=str(text_model_dir), normalize_on=str(demos),
+                        max_steps=2, batch_size=4, eval_fraction=0, lr=1e-4, **kw)
+
+
+def test_bad_demonstrations_fail_before_training_and_write_nothing(text_model_dir, prefs, tmp_path):
+    demos = write_jsonl(tmp_path / "demos.jsonl", synthetic_instructions(3), raw_lines={2: "{not json"})
+    logged = []
+    with pytest.raises(DataError, match="demos.jsonl:2"):
+        train_reward_model(_rm_config(text_model_dir, prefs, tmp_path / "rm", demos), progress=False,
+                           log=logged.append)
+    assert not any(line.startswith("training") for line in logged)
+    assert not (tmp_path / "rm").exists()
+
+
+def test_demonstrations_are_cut_as_training_rows_are(text_model_dir, prefs, tmp_path):
+    """A demonstration longer than the context is cut to max_len tokens (not max_len + 1) and normalises."""
+    long = {"prompt": "Tell a long story.", "response": " once upon a time" * 200}
+    demos = write_jsonl(tmp_path / "demos.jsonl", synthetic_instructions(2) + [long])
+    train_reward_model(_rm_config(text_model_dir, prefs, tmp_path / "rm", demos), progress=False)
+    info = json.loads((tmp_path / "rm" / "reward_normalization.json").read_text())
+    assert info["count"] == 3 and abs(info["mean_after"]) < 1e-4
+
+
+def test_a_failing_final_stage_keeps_the_trained_model_and_resume_finishes_it(text_model_dir, prefs, tmp_path,
+                                                                              monkeypatch):
+    import minigpt.train.reward as reward_module
+
+    demos = write_jsonl(tmp_path / "demos.jsonl", synthetic_instructions(3))
+    config = _rm_config(text_model_dir, prefs, tmp_path / "rm", demos)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory while normalising")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reward_module, "normalize_rewards_", broken)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train_reward_model(config, progress=False)
+    state = json.loads((tmp_path / "rm" / STATE_FILE).read_text())
+    assert state["step"] == 2 and state["finished"] is False
+    assert not (tmp_path / "rm" / "reward_normalization.json").exists()
+    train_reward_model(config, resume=True, progress=False)
+    assert json.loads((tmp_path / "rm" / STATE_FILE).read_text())["finished"] is True
+    assert (tmp_path / "rm" / "reward_normalization.json").is_file()
+
+
+def test_resuming_a_finished_normalised_run_keeps_its_normalisation(text_model_dir, prefs, tmp_path):
+    demos = write_jsonl(tmp_path / "demos.jsonl", synthetic_instructions(3))
+    config = _rm_config(text_model_dir, prefs, tmp_path / "rm", demos)
+    train_reward_model(config, progress=False)
+    before = (tmp_path / "rm" / "reward_normalization.json").read_text()
+    rewards = RewardModel.from_pretrained(tmp_path / "rm").score.weight.clone()
+    train_reward_model(config, resume=True, progress=False)
+    assert (tmp_path / "rm" / "reward_normalization.json").read_text() == before
+    assert torch.equal(RewardModel.from_pretrained(tmp_path / "rm").score.weight, rewards)
 
 
 def test_an_lm_checkpoint_is_not_a_reward_model_and_vice_versa(reward_run, text_model_dir):

@@ -1,12 +1,14 @@
 """Text-level generation: padding prompts, streaming detokenisation, stop strings."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigpt import GPT, Tokenizer
 from minigpt.sampling import SamplingParams
-from minigpt.text import IncrementalDecoder, TextStreamer, complete, encode_prompts, stream_completions
+from minigpt.text import (Completion, IncrementalDecoder, TextStreamer, beam_completions, complete, completion_logprobs,
+                          encode_prompts, stream_completions)
 
 
 def test_encode_prompts_left_pads(tokenizer):
@@ -103,3 +105,62 @@ def test_stop_string_cuts_text(text_model_dir):
     assert cut.finish_reason == "stop"
     assert cut.completion == free.completion[: free.completion.find(stop)]
     assert len(cut.new_ids) < len(free.new_ids)
+
+
+def test_beam_completions_with_truncated_context_keep_every_new_token(text_model_dir):
+    """The prompt is cut to fit; the completion holds all the new tokens and reports the prompt actually used."""
+    model = GPT.from_pretrained(str(text_model_dir))  # 256 positions
+    tok = Tokenizer.from_pretrained(text_model_dir)
+    prompt = " ".join(f"word{i}" for i in range(200))
+    full = tok.encode(prompt)
+    assert len(full) > 256
+    with pytest.warns(UserWarning, match="truncated"):
+        results = beam_completions(model, tok, prompt, 10, num_beams=2, num_return_sequences=2, context="truncate")
+    room = 256 - 10 + 1
+    for result in results:
+        assert result.prompt_ids == full[-room:]
+        assert result.prompt == tok.decode(full[-room:])
+        assert len(result.new_ids) == 10 or result.finish_reason == "eos"
+        assert result.completion == tok.decode(result.new_ids)
+
+
+def test_logprobs_report_only_tokens_inside_the_returned_text(text_model_dir):
+    """A stop string is cut from the text (and stays in new_ids): its tokens are not reported."""
+    model = GPT.from_pretrained(str(text_model_dir))
+    tok = Tokenizer.from_pretrained(text_model_dir)
+    new = tok.encode(" hello world. and more")
+    cut = Completion("Say", " hello world", tok.encode("Say"), new, "stop")
+    logprobs = completion_logprobs(model, tok, cut, 3)
+    assert logprobs["tokens"] == [" hello", " world"]
+    assert all(offset < len(cut.text) for offset in logprobs["text_offset"])
+    assert logprobs["text_offset"] == [3, 9]
+
+
+def test_logprobs_at_the_longest_length_generation_accepts(text_model_dir):
+    """T + new - 1 = n_positions is a valid generation; its log-probs are the cached loop's, uncached."""
+    model = GPT.from_pretrained(str(text_model_dir))  # 256 positions
+    tok = Tokenizer.from_pretrained(text_model_dir)
+    prompt_ids = tok.encode(" ".join(["cat"] * 200))[:200]
+    new = 57  # 200 + 57 - 1 = 256
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(ids, new, eos_token_id=-1, return_dict=True)
+    new_ids = out.sequences[0, 200:].tolist()
+    completion = Completion(tok.decode(prompt_ids), tok.decode(new_ids), prompt_ids, new_ids)
+    logprobs = completion_logprobs(model, tok, completion, 2)
+    reported = len(logprobs["token_logprobs"])
+    assert reported >= new - 2  # all but tokens that add no text of their own at the very end
+    torch.testing.assert_close(torch.tensor(logprobs["token_logprobs"]), out.token_logprobs[0, :reported].float(),
+                               rtol=0, atol=1e-4)
+
+
+def test_top_logprobs_give_byte_pieces_distinct_keys(text_model_dir):
+    """Pieces of one character decode alike (U+FFFD); OpenAI's `bytes:` form keeps every token its own key."""
+    model = GPT.from_pretrained(str(text_model_dir))
+    tok = Tokenizer.from_pretrained(text_model_dir)
+    new = tok.encode("a🚀")
+    completion = Completion("x", tok.decode(new), tok.encode("x"), new)
+    logprobs = completion_logprobs(model, tok, completion, 50257)
+    for top in logprobs["top_logprobs"]:
+        assert len(top) == 50257
+    assert any(key.startswith("bytes:\\x") for key in logprobs["tokens"])
+    assert logprobs["tokens"][0] == "a"

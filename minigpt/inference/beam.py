@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ..errors import GenerationError
 from ..model import Transformer
-from .decode import DecodeState, decode_step, expand_rows, prefill, prepare_prompt, release, seen_tokens
+from .decode import (DecodeState, decode_step, expand_rows, pad_token, prefill, prepare_prompt, release, resolve_eos,
+                     seen_tokens)
 from .sampling import SamplingParams, process_logits
 
 NEG = -1.0e9  # transformers' "minus infinity" for scores that must lose
@@ -81,8 +82,8 @@ def beam_search(
     check_beam_args(num_beams, num_return_sequences, params, early_stopping)
     prompt, mask = prepare_prompt(model, input_ids, attention_mask, max_new_tokens, context)
     B, T = prompt.shape
-    pad = next(i for i in (pad_token_id, eos_token_id, model.config.eos_token_id) if i is not None)
-    eos = eos_token_id if eos_token_id is not None else model.config.eos_token_id
+    eos = resolve_eos(eos_token_id, model.config)
+    pad = pad_token(pad_token_id, eos, model.config)
     device, V, K = model.device, model.config.vocab_size, 2 * num_beams
     total = T + max_new_tokens
     if max_new_tokens == 0:
@@ -127,7 +128,7 @@ def beam_search(
             cand_logps[:, :, step] = gather_beams(raw.view(B, num_beams, V), origin).gather(2, token[..., None])[..., 0]
             cand_origin = gather_beams(running_origin, origin)
             cand_origin[:, :, step] = origin + offsets
-            hits = (token == eos) | (step + 1 == max_new_tokens)  # [B, K]
+            hits = (token == (eos if eos is not None else -1)) | (step + 1 == max_new_tokens)  # [B, K]
 
             # the num_beams best candidates that go on
             keep = torch.topk(top_scores + hits.float() * NEG, num_beams).indices  # [B, nb]

@@ -40,6 +40,18 @@ class DecodeState:
     decoder: object | None = None  # the compiled path's StaticDecoder when this generation holds it
 
 
+def resolve_eos(eos_token_id: int | None, config) -> int | None:
+    """The token that ends a row, by transformers' rule: None means the model's EOS (`config.eos_token_id`), for
+    greedy, sampling and beams alike; a negative id means rows never end at a token (only at the length)."""
+    eos = config.eos_token_id if eos_token_id is None else eos_token_id
+    return eos if eos is not None and eos >= 0 else None
+
+
+def pad_token(pad_token_id: int | None, eos: int | None, config) -> int:
+    """What finished rows are filled with: `pad_token_id`, else the ending token, else the model's EOS."""
+    return next(i for i in (pad_token_id, eos, config.eos_token_id, 0) if i is not None and i >= 0)
+
+
 def check_generation_args(max_new_tokens: int, num_return_sequences: int) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")

@@ -17,7 +17,7 @@ from ..errors import GenerationError
 from ..model import Transformer
 from .beam import beam_search
 from .decode import (DecodeState, StopCheck, check_generation_args, decode_step, expand_rows, leading_padding,
-                     prefill, prepare_prompt, release, seen_tokens)
+                     pad_token, prefill, prepare_prompt, release, resolve_eos, seen_tokens)
 from .fast import compile_decode
 from .sampling import SamplingParams, select_next
 
@@ -39,7 +39,8 @@ def stream(
 ) -> Iterator[tuple[Tensor, ...]]:
     """Yield (new tokens [B*N], finished [B*N] bool) once per step. Finished rows yield the pad token.
 
-    The prompt is input_ids [B, T], left-padded where attention_mask [B, T] is 0. With `logprobs`, each step also
+    The prompt is input_ids [B, T], left-padded where attention_mask [B, T] is 0. A row ends at `eos_token_id`:
+    None means the model's EOS (transformers' rule), a negative id never ends a row. With `logprobs`, each step also
     yields the tokens' log-probabilities under the model's unprocessed distribution (log-softmax of the raw
     logits) [B*N], NaN for rows that had already finished.
     """
@@ -48,8 +49,8 @@ def stream(
     device = model.device
     if max_new_tokens == 0:
         return
-    pad = next(i for i in (pad_token_id, eos_token_id, model.config.eos_token_id) if i is not None)
-    eos_for_processors = eos_token_id if eos_token_id is not None else model.config.eos_token_id
+    eos = resolve_eos(eos_token_id, model.config)
+    pad = pad_token(pad_token_id, eos, model.config)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     cache_len = input_ids.shape[1] + max_new_tokens - 1  # the last new token is never fed back
 
@@ -65,14 +66,14 @@ def stream(
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
     try:
         yield from _decode_loop(model, logits, state, input_ids, attention_mask, max_new_tokens, params=params,
-                                eos_token_id=eos_token_id, eos_for_processors=eos_for_processors, pad=pad,
+                                eos_token_id=eos, pad=pad,
                                 stop=stop, generator=generator, logprobs=logprobs)
     finally:
         release(state)
 
 
 def _decode_loop(model: Transformer, logits: Tensor, state: DecodeState, input_ids: Tensor, attention_mask: Tensor,
-                 max_new_tokens: int, *, params: SamplingParams, eos_token_id: int | None, eos_for_processors: int,
+                 max_new_tokens: int, *, params: SamplingParams, eos_token_id: int | None,
                  pad: int, stop: StopCheck | None, generator: torch.Generator | None, logprobs: bool = False,
                  ) -> Iterator[tuple[Tensor, ...]]:
     """The token-by-token loop of `stream` over rows that are already expanded (prompt [rows, T] each)."""
@@ -85,7 +86,7 @@ def _decode_loop(model: Transformer, logits: Tensor, state: DecodeState, input_i
     generated: list[list[int]] = [[] for _ in range(rows)]
     for step in range(max_new_tokens):
         tokens = select_next(logits, params, state.seen, generator, history=history, valid=valid, new_tokens=step,
-                             eos_token_id=eos_for_processors)  # [rows]
+                             eos_token_id=eos_token_id)  # [rows]
         tokens = tokens.masked_fill(finished, pad)
         if state.seen is not None:
             state.seen[torch.arange(rows, device=device), tokens] = True
@@ -218,7 +219,8 @@ class GenerationMixin:
 
         Greedy unless `do_sample`; beam search with `num_beams > 1` (`length_penalty`, `early_stopping` True /
         False / "never", as transformers). Left-pad ragged prompts and pass `attention_mask`. A row stops at
-        `eos_token_id` or when it ends with one of the `stop` id sequences, and is padded with EOS after.
+        `eos_token_id` (None: the model's EOS, as transformers; a negative id: never) or when it ends with one
+        of the `stop` id sequences, and is padded with EOS after.
         Processors as transformers': `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids`,
         `min_new_tokens`, then (sampling) temperature, `top_k`, `top_p`, `min_p`, `typical_p`.
         `context` is the policy when prompt + max_new_tokens passes n_positions: "error" or "truncate".

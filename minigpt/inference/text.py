@@ -194,7 +194,7 @@ def beam_completions(model: Transformer, tokenizer: Tokenizer, prompt: str, max_
                      num_return_sequences: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
                      params: SamplingParams = SamplingParams(), context: str = "error") -> list[Completion]:
     """The best `num_return_sequences` beam-search hypotheses for one prompt, best first (`minigpt.inference.beam`)."""
-    ids, mask = encode_prompts(tokenizer, [prompt])
+    ids, mask = prepare_prompt(model, *encode_prompts(tokenizer, [prompt]), max_new_tokens, context)
     eos = tokenizer.eos_token_id
     out = generate(model, ids, max_new_tokens, attention_mask=mask, num_beams=num_beams, params=params,
                    num_return_sequences=num_return_sequences, length_penalty=length_penalty,
@@ -210,25 +210,42 @@ def beam_completions(model: Transformer, tokenizer: Tokenizer, prompt: str, max_
     return results
 
 
+def token_text(tokenizer: Tokenizer, token: int) -> str:
+    """A token's text, or for a token that is not whole UTF-8 (a piece of a character) OpenAI's `bytes:\\xNN`
+    form, so distinct tokens always get distinct keys (decoding both pieces as U+FFFD would merge them)."""
+    raw = tokenizer.decode_bytes([token])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{byte:02x}" for byte in raw)
+
+
 @torch.no_grad()
 def completion_logprobs(model: Transformer, tokenizer: Tokenizer, completion: Completion, top: int) -> dict:
     """OpenAI completions' `logprobs` for one completion: every new token's text, its log-probability under the
     model's unprocessed distribution, the `top` most likely tokens at that position, and its text offset (from
-    the start of prompt + completion). One uncached forward pass over prompt + completion."""
-    ids = completion.prompt_ids + completion.new_ids
-    if not completion.new_ids:
-        return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    logits = model(torch.tensor([ids], device=model.device))[0, len(completion.prompt_ids) - 1: -1]  # [new, V]
-    logp = logits.float().log_softmax(-1)
-    chosen = logp.gather(-1, torch.tensor(completion.new_ids, device=logp.device)[:, None])[:, 0].tolist()
-    best = logp.topk(min(top, logp.shape[-1]), dim=-1) if top > 0 else None
+    the start of prompt + completion). Only tokens that start inside the returned text count (a stop string
+    cut from the text is not reported). One uncached forward pass over prompt + completion, less the last
+    token, which is never an input (so every length generation accepts fits)."""
     offsets, start = [], len(completion.prompt)
     for i in range(len(completion.new_ids)):
-        offsets.append(start + len(tokenizer.decode(completion.new_ids[:i])))
+        offset = len(tokenizer.decode(completion.new_ids[:i]))
+        if offset >= len(completion.completion):
+            break
+        offsets.append(start + offset)
+    new_ids = completion.new_ids[: len(offsets)]
+    if not new_ids:
+        return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    ids = completion.prompt_ids + new_ids
+    inputs = torch.tensor([ids[:-1]], device=model.device)  # [1, T + new - 1]
+    logits = model(inputs)[0, len(completion.prompt_ids) - 1:]  # [new, V]: the predictions of the new tokens
+    logp = logits.float().log_softmax(-1)
+    chosen = logp.gather(-1, torch.tensor(new_ids, device=logp.device)[:, None])[:, 0].tolist()
+    best = logp.topk(min(top, logp.shape[-1]), dim=-1) if top > 0 else None
     return {
-        "tokens": [tokenizer.decode([t]) for t in completion.new_ids],
+        "tokens": [token_text(tokenizer, t) for t in new_ids],
         "token_logprobs": chosen,
-        "top_logprobs": [{tokenizer.decode([t]): v for t, v in zip(ti.tolist(), vi.tolist())}
+        "top_logprobs": [{token_text(tokenizer, t): v for t, v in zip(ti.tolist(), vi.tolist())}
                          for vi, ti in zip(best.values, best.indices)] if best is not None else [],
         "text_offset": offsets,
     }

@@ -1,8 +1,9 @@
 """Reward model training (InstructGPT step 2): learn r(x, y) from people's comparisons.
 
 Loss of a record with responses ranked y_1 > ... > y_K (a chosen/rejected pair is K = 2, with an optional
-margin m): the mean over its C(K,2) pairs (i better than j) of -log sigmoid(r(x, y_i) - r(x, y_j) - m), plus
-`center_rewards` x the mean of r^2 over its responses (TRL's center_rewards_coefficient). A step's loss is
+margin m): the mean over its C(K,2) pairs (i better than j) of -log sigmoid(r(x, y_i) - r(x, y_j) - m)
++ c (r(x, y_i) + r(x, y_j))^2 with c = `center_rewards` (TRL's center_rewards_coefficient: it pulls each pair's
+mean reward to 0 and never pushes on the margin r_i - r_j). A step's loss is
 the mean over the records of the global batch. Only reward differences count, so adding a constant to every
 reward changes nothing (and `--normalize-on` may shift them afterwards: InstructGPT's demonstrations-mean-0).
 """
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import PromptTemplate, load_examples
+from .data import Example, PromptTemplate, load_examples
 from ..model import Transformer
 from ..loading import has_tensor, resolve_checkpoint
 from ..reward_model import RewardModel, load_reward_model
@@ -44,7 +45,7 @@ class RewardConfig(TrainConfig):
 
     epochs: float = 1.0
     lr: float = 1e-5
-    center_rewards: float = 0.0  # c in c * mean(r^2)
+    center_rewards: float = 0.0  # c in c * (r_better + r_worse)^2 per pair
     normalize_on: str | None = None  # demonstrations JSONL: shift rewards so they score mean 0 there
 
     def check(self) -> None:
@@ -54,14 +55,14 @@ class RewardConfig(TrainConfig):
 
 
 def ranking_loss(rewards: Tensor, batch: PreferenceBatch, center_rewards: float = 0.0) -> Tensor:
-    """Per-record loss [N]: mean over the record's pairs of -log sigmoid(r_better - r_worse - margin),
-    + center_rewards * mean over its responses of r^2."""
+    """Per-record loss [N]: mean over the record's pairs of -log sigmoid(r_better - r_worse - margin)
+    + center_rewards * (r_better + r_worse)^2."""
     margins = batch.margins.to(rewards.dtype)[batch.pair_record]  # [P]
-    pair_losses = -F.logsigmoid(rewards[batch.better] - rewards[batch.worse] - margins)  # [P]
-    losses = per_record_mean(pair_losses, batch.pair_record, batch.num_records)  # [N]
+    better, worse = rewards[batch.better], rewards[batch.worse]  # [P], [P]
+    pair_losses = -F.logsigmoid(better - worse - margins)  # [P]
     if center_rewards:
-        losses = losses + center_rewards * per_record_mean(rewards**2, batch.row_record, batch.num_records)
-    return losses
+        pair_losses = pair_losses + center_rewards * (better + worse) ** 2
+    return per_record_mean(pair_losses, batch.pair_record, batch.num_records)  # [N]
 
 
 class RewardLoss(nn.Module):
@@ -106,11 +107,16 @@ def score_preferences(model: RewardModel, examples: list[PreferenceExample], *, 
     return metrics, all_rewards
 
 
+def load_demonstrations(path: str, tokenizer, template: PromptTemplate, max_len: int) -> list[Example]:
+    """The demonstrations of an SFT file as reward-model rows (prompt rendered with the template, response + EOS),
+    at most `max_len` tokens each, as training's rows; a bad line raises DataError naming FILE:LINE."""
+    examples, _ = load_examples(path, tokenizer, template, max_len - 1)
+    return examples
+
+
 @torch.no_grad()
-def demonstration_rewards(model: RewardModel, path: str, tokenizer, template: PromptTemplate, max_len: int, *,
-                          batch_size: int = 8) -> list[float]:
-    """Rewards of the demonstrations in an SFT file (prompt rendered with the template, response + EOS)."""
-    examples, _ = load_examples(path, tokenizer, template, max_len)
+def demonstration_rewards(model: RewardModel, examples: list[Example], *, batch_size: int = 8) -> list[float]:
+    """Rewards of tokenized demonstrations (`load_demonstrations`)."""
     pad = model.config.eos_token_id
     rewards: list[float] = []
     for i in range(0, len(examples), batch_size):
@@ -119,13 +125,12 @@ def demonstration_rewards(model: RewardModel, path: str, tokenizer, template: Pr
     return rewards
 
 
-def normalize_rewards_(model: RewardModel, path: str, tokenizer, template: PromptTemplate,
-                       max_len: int) -> dict[str, float | str]:
-    """Shift the model's rewards so the demonstrations in `path` score mean 0 (folded into ln_f's bias)."""
-    before = demonstration_rewards(model, path, tokenizer, template, max_len)
+def normalize_rewards_(model: RewardModel, examples: list[Example], path: str) -> dict[str, float | str]:
+    """Shift the model's rewards so the demonstrations (read from `path`) score mean 0 (folded into ln_f's bias)."""
+    before = demonstration_rewards(model, examples)
     mean = sum(before) / len(before)
     model.shift_rewards_(-mean)
-    after = demonstration_rewards(model, path, tokenizer, template, max_len)
+    after = demonstration_rewards(model, examples)
     return {"demonstrations": str(path), "count": len(before), "mean_before": mean, "shift": -mean,
             "mean_after": sum(after) / len(after)}
 
@@ -139,6 +144,17 @@ class Reward(Objective):
     def __init__(self, config: RewardConfig) -> None:
         super().__init__(config)
         self.normalization: dict | None = None
+        self.demonstrations: list[Example] = []
+
+    def prepare(self, run: Run) -> None:
+        """A finished run resumed as it is keeps its saved normalisation; a run that will normalise reads and
+        checks its demonstrations now, so a bad line fails before training, never after the last step."""
+        saved = run.out / NORMALIZATION_FILE
+        if run.finished_before and run.step >= run.total_steps and saved.is_file():
+            self.normalization = json.loads(saved.read_text(encoding="utf-8"))
+        elif self.config.normalize_on:
+            self.demonstrations = load_demonstrations(self.config.normalize_on, run.tokenizer, run.template,
+                                                      run.max_len)
 
     def load_data(self, path, tokenizer, template, max_len):
         # A reward model reads the whole row (no shifted targets), so rows hold at most max_len tokens.
@@ -171,8 +187,7 @@ class Reward(Objective):
 
     def finish(self, run: Run) -> None:
         if self.config.normalize_on and self.normalization is None:
-            self.normalization = normalize_rewards_(run.model, self.config.normalize_on, run.tokenizer,
-                                                    run.template, run.max_len)
+            self.normalization = normalize_rewards_(run.model, self.demonstrations, self.config.normalize_on)
             run.log(f"normalised on {self.config.normalize_on}: demonstrations' mean reward "
                     f"{self.normalization['mean_before']:.4f} -> {self.normalization['mean_after']:.2e}")
 

@@ -29,21 +29,25 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True, dist: Distributed | None = None) -> Tensor:
     """Normalise the masked entries to variance 1 (and mean 0 with shift_mean; else the mean is kept).
 
-    The mean and the population variance are over every masked entry of every process (one all-reduce).
-    Padding entries come out as 0.
+    The mean and the population variance are over every masked entry of every process, in float64 and in two
+    passes (the mean, then the mean squared deviation from it: E[x^2] - mean^2 cancels catastrophically when the
+    mean is large next to the spread). Padding entries come out as 0.
     """
     mask = mask.to(values.dtype)
-    moments = torch.stack([mask.sum(), masked_sum(values, mask), masked_sum(values * values, mask)]).double()
+    x, m = values.double(), mask.double()
+    count_total = torch.stack([m.sum(), masked_sum(x, m)])
     if dist is not None:
-        moments = all_reduce_(moments, dist)
-    count, total, squares = moments.unbind()
-    count = count.clamp(min=1)
-    mean = total / count
-    var = (squares / count - mean * mean).clamp(min=0)
-    out = (values - mean.to(values.dtype)) * torch.rsqrt(var + 1e-8).to(values.dtype)
+        count_total = all_reduce_(count_total, dist)
+    count, total = count_total.unbind()
+    mean = total / count.clamp(min=1)
+    squares = masked_sum((x - mean) ** 2, m)
+    if dist is not None:
+        squares = all_reduce_(squares, dist)
+    var = squares / count.clamp(min=1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
-        out = out + mean.to(values.dtype)
-    return out * mask
+        out = out + mean
+    return out.to(values.dtype) * mask
 
 
 def last_token_index(mask: Tensor) -> Tensor:

@@ -121,6 +121,7 @@ class Run:
         self.show = progress and self.dist.main
         objective.show_progress = self.show
         self.resumed = saved is not None
+        self.finish_pending = False  # the last step is done but the objective's `finish` has not succeeded
         self._log = log or (lambda text: None)
 
         self.data_sha = objective.data_digest(config.data)
@@ -274,7 +275,15 @@ class Run:
                     self.save(result)
             bar.close()
             if not result.interrupted and not self.finished_before:
-                self.objective.finish(self)
+                self.finish_pending = True  # saved as unfinished until `finish` succeeds: --resume retries it
+                try:
+                    self.objective.finish(self)
+                except BaseException:
+                    self.save(result)  # the trained steps are never lost
+                    self.log(f"the final stage failed; the trained model is saved in {self.out}: fix the cause "
+                             "and run again with --resume to finish it")
+                    raise
+                self.finish_pending = False
             self.save(result)
         took = format_duration(time.perf_counter() - started)
         if result.interrupted:
@@ -350,7 +359,8 @@ class Run:
                             for k, v in self.objective.state_tensors().items()})
             state = {
                 "format": STATE_FORMAT, "objective": self.objective.name, "step": self.step,
-                "total_steps": self.total_steps, "finished": self.step >= self.total_steps,
+                "total_steps": self.total_steps,
+                "finished": self.step >= self.total_steps and not self.finish_pending,
                 "config": self.config.to_json(), "data_sha256": self.data_sha, "evals": result.evals,
                 "eval_metrics": result.eval_metrics, "optimizer": optimizer_meta,
                 "data_report": {"records": self.report.records, "skipped": self.report.skipped,
