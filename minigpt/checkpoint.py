@@ -45,7 +45,9 @@ def write_weights_and_config(tensors: dict, config: dict, directory: Path) -> No
 def write_atomically(directory: str | Path, fill: Callable[[Path], None]) -> Path:
     """Call `fill(tmp)` on a fresh temporary directory beside `directory`, then move it into place.
 
-    An existing `directory` is replaced only after the new one is complete.
+    An existing `directory` is replaced only after the new one is complete, and keeps every file this write
+    does not replace (a README, a generation config, the user's own files: they are hard-linked into the new
+    directory before the swap, as transformers' save_pretrained leaves them). Nothing is ever half-written.
     """
     target = Path(directory).expanduser().resolve()
     if target.exists() and not target.is_dir():
@@ -59,6 +61,7 @@ def write_atomically(directory: str | Path, fill: Callable[[Path], None]) -> Pat
         fill(tmp)
         _fsync_dir_files(tmp)
         if target.exists():
+            _carry_over(target, tmp)
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
             os.replace(tmp, target)
@@ -71,6 +74,30 @@ def write_atomically(directory: str | Path, fill: Callable[[Path], None]) -> Pat
             raise CheckpointError(f"cannot write a checkpoint to {target}: {exc}") from None
         raise
     return target
+
+
+def _carry_over(target: Path, tmp: Path) -> None:
+    """Link into `tmp` every entry of `target` that `tmp` does not hold, so the swap keeps it."""
+    for entry in target.iterdir():
+        dest = tmp / entry.name
+        if not (dest.exists() or dest.is_symlink()):
+            _link_tree(entry, dest)
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """`dest` as a hard-linked copy of `source` (symlinks copied as links, directories recursed)."""
+    if source.is_symlink():
+        os.symlink(os.readlink(source), dest)
+    elif source.is_dir():
+        dest.mkdir()
+        shutil.copystat(source, dest)
+        for child in source.iterdir():
+            _link_tree(child, dest / child.name)
+    else:
+        try:
+            os.link(source, dest)
+        except OSError:  # a file system without hard links
+            shutil.copy2(source, dest)
 
 
 def _fsync_dir_files(directory: Path) -> None:

@@ -256,6 +256,26 @@ def test_save_pretrained_is_atomic(tiny_dir, tokenizer, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temporary directory left behind
 
 
+def test_save_pretrained_over_a_directory_keeps_files_it_does_not_write(tiny_dir, tmp_path):
+    """As transformers: the files a save writes are replaced, everything else in the directory stays."""
+    model = GPT.from_pretrained(str(tiny_dir))
+    out = tmp_path / "saved"
+    out.mkdir()
+    mine = {"vocab.json": "{}", "merges.txt": "#version: 0.2\n", "prompt_template.json": "{}", "README.md": "# notes\n",
+            "generation_config.json": '{"max_length": 20}', "model.safetensors": "stale", "config.json": "stale"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    (out / "samples").mkdir()
+    (out / "samples" / "a.txt").write_text("kept")
+    model.save_pretrained(str(out))
+    for name in ("vocab.json", "merges.txt", "prompt_template.json", "README.md", "generation_config.json"):
+        assert (out / name).read_text() == mine[name], name
+    assert (out / "samples" / "a.txt").read_text() == "kept"
+    ids = torch.randint(0, 1000, (1, 8))
+    assert torch.equal(GPT.from_pretrained(str(out))(ids), model(ids))  # weights and config were replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
+
+
 def test_bf16_autocast_path_trains(text_model_dir, sft_data, tmp_path):
     """precision=bf16 (autocast; what CUDA runs use by default) on CPU: same losses as fp32 to bf16 accuracy."""
     fp32 = train(tiny_config(sft_data, tmp_path / "a", text_model_dir, max_steps=2), progress=False)
