@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,28 +38,39 @@ def run(args, env, timeout=120):
                           stdin=subprocess.DEVNULL)
 
 
-def test_unreachable_hub_is_one_line_fast_and_quiet(tmp_path):
+def test_unreachable_hub_is_one_line_and_quiet(tmp_path):
     env = unreachable_hub_env(tmp_path / "hf")
-    started = time.perf_counter()
     proc = run([GENERATE, "--prompt", "x"], env)
-    took = time.perf_counter() - started
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "cannot be reached" in lines[0] and "not in the local cache" in lines[0] and "--model PATH" in lines[0]
-    assert "Retry" not in proc.stderr and proc.stdout == ""
-    # huggingface_hub's own retries take ~27 s; python + torch start-up is most of what is left here.
-    assert took < 20, f"took {took:.1f} s"
+    assert "Retry" not in proc.stderr and proc.stdout == ""  # huggingface_hub's retries (~27 s) never ran
 
 
-def test_unreachable_hub_fails_within_seconds_in_the_library(tmp_path):
-    code = ("import time; from minigpt.loading import resolve_checkpoint; from minigpt import CheckpointError\n"
-            "t = time.perf_counter()\n"
-            "try:\n    resolve_checkpoint('gpt2')\nexcept CheckpointError as e:\n    print(e)\n"
-            "print(time.perf_counter() - t)")
-    proc = run(["-c", code], unreachable_hub_env(tmp_path / "hf"))
-    message, seconds = proc.stdout.strip().splitlines()
-    assert "cannot be reached" in message
-    assert float(seconds) < 5
+def test_unreachable_hub_is_one_bounded_probe_then_the_cache_only(tmp_path, monkeypatch):
+    """What makes the offline failure fast, without a stopwatch: one TCP probe with PROBE_TIMEOUT_S, and then
+    huggingface_hub asked for cached files only (its network retries are what take ~27 s)."""
+    import huggingface_hub
+
+    import minigpt.hub as hub
+    from minigpt import CheckpointError
+    from minigpt.loading import resolve_checkpoint
+
+    probes, downloads = [], []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "_probes", {})
+    monkeypatch.setattr(hub, "can_connect", lambda host, port, timeout: probes.append(timeout) or False)
+    real_download = huggingface_hub.hf_hub_download
+
+    def recording_download(*args, **kwargs):
+        downloads.append(kwargs.get("local_files_only"))
+        return real_download(*args, **{**kwargs, "cache_dir": str(tmp_path / "empty-cache")})
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording_download)
+    with pytest.raises(CheckpointError, match="cannot be reached.*not in the local cache"):
+        resolve_checkpoint("gpt2")
+    assert probes == [hub.PROBE_TIMEOUT_S] and hub.PROBE_TIMEOUT_S <= 2
+    assert downloads and all(local_only is True for local_only in downloads)
 
 
 def test_cached_model_and_tokenizer_load_with_the_hub_unreachable(text_model_dir, tmp_path):
