@@ -42,3 +42,24 @@ def test_two_streams_at_once_do_not_share_the_static_cache(tiny_dir, device):
     assert torch.equal(torch.cat([a, torch.stack(tokens, 1)], 1), eager.generate(a, 12))
     assert torch.equal(inner, eager.generate(b, 12))
     assert not compiled._static_decoder.busy  # both finished: the static cache is free again
+
+
+def test_threads_claim_the_static_cache_one_at_a_time(tiny_dir):
+    """Claiming the static cache is atomic: of many threads released at once exactly one gets it."""
+    import threading
+
+    decoder = compile_decode(GPT.from_pretrained(str(tiny_dir)))._static_decoder
+    start, got = threading.Barrier(8), []
+
+    def claim():
+        start.wait()
+        got.append(decoder.claim())
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(got) == [False] * 7 + [True] and decoder.busy
+    decoder.give_back()
+    assert not decoder.busy and decoder.claim()

@@ -122,9 +122,12 @@ def prefill(model: Transformer, input_ids: Tensor, attention_mask: Tensor, max_l
     eager cache of its own instead, so the two never share slots."""
     B, T = input_ids.shape
     decoder = getattr(model, "_static_decoder", None) if allow_static else None
-    if decoder is not None and not decoder.busy:
-        decoder.busy = True
-        cache = decoder.cache_for(B, max_len)
+    if decoder is not None and decoder.claim():  # a lock: two threads never both take the static cache
+        try:
+            cache = decoder.cache_for(B, max_len)
+        except BaseException:
+            decoder.give_back()
+            raise
         max_len = cache.max_len
     else:
         decoder = None
@@ -145,7 +148,7 @@ def prefill(model: Transformer, input_ids: Tensor, attention_mask: Tensor, max_l
 def release(state: DecodeState) -> None:
     """Give the compiled path's static cache back (a no-op for an eager cache)."""
     if state.decoder is not None:
-        state.decoder.busy = False
+        state.decoder.give_back()
         state.decoder = None
 
 

@@ -6,9 +6,14 @@ length does not recompile. Prefill runs eagerly into the same buffers. On CUDA t
 fused kernels) is captured once per shape into a `torch.cuda.CUDAGraph` with static input and output tensors,
 so each decode step is one graph replay: at batch 1 a step is hundreds of small kernels, and launching them
 one by one costs more than reading the weights.
+
+Threads: one generation at a time holds the static cache (a lock, claimed without waiting); any other, from
+another thread or a second open stream, runs eagerly with a cache of its own, on the same read-only weights.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +40,20 @@ class StaticDecoder(nn.Module):
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_inputs: tuple[Tensor, ...] = ()
         self.static_logits: Tensor | None = None
-        self.busy = False  # a generation holds the static cache (another one running meanwhile uses an eager cache)
+        # One generation at a time holds the static cache; another running meanwhile (a second stream, another
+        # thread) uses an eager cache. Claiming is a non-blocking lock, so two threads never both get it.
+        self._holder = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._holder.locked()
+
+    def claim(self) -> bool:
+        """Take the static cache for one generation; False when another generation holds it."""
+        return self._holder.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._holder.release()
 
     def cache_for(self, batch_size: int, length: int) -> KVCache:
         """A zeroed cache of at least `length` slots whose tensors are this module's buffers."""
