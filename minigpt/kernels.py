@@ -7,10 +7,12 @@ result is right whatever the layout; only the speed differs, and by a lot from o
 AVX2 EPYC a bf16 `x @ W[in, out]` GEMV reads 0.7-1 GB/s while `F.linear(x, W[out, in])` reads 10-19 GB/s, and in
 fp32 the best of plain, split-in-two and [out, in] differs by shape.
 
-`choose_layouts_(model)` times the candidates once per (device, dtype, shape) on matrices of the model's shapes,
-cycling through more bytes than the caches hold (decoding reads every weight from memory), re-lays each weight
-out in place (one matrix at a time: never a second copy of the model) and records the kernel on the module. The
-measurements are kept for the process (`_MEASURED`), so a second model of the same shapes loads without timing.
+`choose_layouts_(model)` times the candidates once per machine and (device, dtype, shape) on matrices of the
+model's shapes, cycling through more bytes than the caches hold (decoding reads every weight from memory),
+re-lays each weight out in place (one matrix at a time: never a second copy of the model) and records the
+kernel on the module. The candidates compute the same function up to fp32 reduction order, and the choices are
+stored per machine (`minigpt.machine`): every later process reuses them without timing, so the same machine
+gives the same numbers run after run, whatever its load.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .machine import ChoiceStore, machine_id
+
 KERNELS = ("in_out", "in_out_split", "out_in")
-_MEASURED: dict[tuple, str] = {}  # (device type, dtype, n_in, n_out) -> fastest kernel, for this process
+Timer = Callable[[str, int, int, torch.dtype, torch.device, float], float]  # kernel, n_in, n_out, ... -> seconds
 CYCLE_BYTES = 24 << 20  # more than a CPU's last-level cache, so the timing sees memory, as decoding does
 
 
@@ -132,41 +136,48 @@ def _time_kernel(kernel: str, n_in: int, n_out: int, dtype: torch.dtype, device:
     return seconds_per_call([lambda w=w: matmul_in_out(x, w, split) for w in mats], give_up)
 
 
-def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> str:
-    """The kernel that multiplies a vector by an [n_in, n_out] weight fastest here (measured once per process)."""
+def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device, *, store: ChoiceStore,
+                   remeasure: bool = False, timer: Timer = _time_kernel) -> str:
+    """The kernel that multiplies a vector by an [n_in, n_out] weight fastest on this machine: stored in `store`
+    after its first measurement, and from then on read from there (`remeasure` times it again)."""
     if device.type != "cpu":
         return "in_out"  # GPUs: one cuBLAS call either way; nothing to gain from timing at load
     # a very wide matrix (the LM head) is timed on a slice of at most CYCLE_BYTES: the same kernel, less memory
     n_out = min(n_out, max(1, CYCLE_BYTES // (n_in * torch.finfo(dtype).bits // 8)))
-    key = (device.type, dtype, n_in, n_out)
-    if key not in _MEASURED:
+    candidates = [k for k in ("out_in", "in_out", "in_out_split") if k != "in_out_split" or dtype == torch.float32]
+
+    def measure() -> str:
         best, best_time = "in_out", float("inf")
-        for kernel in ("out_in", "in_out", "in_out_split"):
-            if kernel == "in_out_split" and dtype != torch.float32:
-                continue
-            seconds = _time_kernel(kernel, n_in, n_out, dtype, device, best_time)
+        for kernel in candidates:
+            seconds = timer(kernel, n_in, n_out, dtype, device, best_time)
             if seconds < best_time:
                 best, best_time = kernel, seconds
-        _MEASURED[key] = best
-    return _MEASURED[key]
+        return best
+
+    key = f"layout {str(dtype).removeprefix('torch.')} {n_in}x{n_out}"
+    return store.choose(machine_id(device), key, measure, valid=tuple(candidates), remeasure=remeasure)
 
 
 @torch.no_grad()
-def choose_layouts_(model: nn.Module) -> dict[str, str]:
-    """Give every `Conv1D` of a model (and its tied LM head) the fastest measured layout, in place.
+def choose_layouts_(model: nn.Module, *, store: ChoiceStore | None = None, remeasure: bool = False,
+                    timer: Timer = _time_kernel) -> dict[str, str]:
+    """Give every `Conv1D` of a model (and its tied LM head) the fastest layout measured on this machine (stored
+    in `store`, by default this machine's choices file), in place.
 
     Returns {parameter name: kernel}. Parameter names, shapes and values do not change."""
+    store = store if store is not None else ChoiceStore()
+    pick = dict(store=store, remeasure=remeasure, timer=timer)
     chosen: dict[str, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, Conv1D):
             w = module.weight
-            kernel = fastest_kernel(*w.shape, w.dtype, w.device)
+            kernel = fastest_kernel(*w.shape, w.dtype, w.device, **pick)
             module.weight = nn.Parameter(relayout(w.data, kernel), requires_grad=w.requires_grad)
             module.split = kernel == "in_out_split"
             chosen[f"{name}.weight"] = kernel
         elif hasattr(module, "split_head"):  # the model itself: its LM head is the tied `wte` read as [C, V]
             head = module.wte.weight.t()  # [C, V]
-            kernel = fastest_kernel(*head.shape, head.dtype, head.device)
+            kernel = fastest_kernel(*head.shape, head.dtype, head.device, **pick)
             module.wte.weight = nn.Parameter(relayout(head.data, kernel).t(), requires_grad=module.wte.weight.requires_grad)
             module.split_head = kernel == "in_out_split"
             chosen[f"{name + '.' if name else ''}wte.weight"] = kernel

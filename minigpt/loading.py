@@ -24,6 +24,7 @@ from .errors import CheckpointError, ConfigError
 from .template import PromptTemplate
 from .hub import hub_download, hub_reachable, offline_message
 from .kernels import choose_layouts_
+from .machine import layout_mode
 from .checkpoint import save_pretrained
 from .model import Transformer
 from .quantize import QUANTIZE_CHOICES, quantize_
@@ -52,7 +53,7 @@ def load_pretrained(
     revision: str | None = None,
     config: GPTConfig | str | None = None,
     allow_pickle: bool = False,
-    layouts: str = "measure",
+    layouts: str | None = None,
     quantize: str | None = None,
     cls: type[Transformer] = Transformer,
 ) -> Transformer:
@@ -60,12 +61,15 @@ def load_pretrained(
 
     config: overrides (or supplies, for a bare file) the model config: a `GPTConfig` or a preset name.
     allow_pickle: also load `.bin` files, through `torch.load(weights_only=True)`.
-    layouts: "measure" (default) stores each CPU weight in the layout whose matrix product measured fastest on
-        this machine (`minigpt.kernels`; same names, shapes and values); "as-is" keeps the checkpoint's [in, out].
+    layouts: "measure" (the default, or $MINIGPT_KERNELS) stores each CPU weight in the layout whose matrix product
+        measured fastest on this machine (`minigpt.kernels`; same names, shapes and values), measured once per
+        machine and then reused (`minigpt.machine`); "remeasure" times them again; "as-is" keeps the
+        checkpoint's [in, out].
     quantize: "int8" makes an inference-only model with int8 weights for every projection and the LM head
         (`minigpt.quantize`); None keeps the checkpoint's precision.
     cls: the class to build (`minigpt.GPT` passes itself); a subclass of `minigpt.model.Transformer`.
     """
+    mode = layout_mode(layouts)
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={quantize!r}: the choices are {', '.join(QUANTIZE_CHOICES)} (or None)")
     files = resolve_checkpoint(name_or_path, revision=revision, config=config, allow_pickle=allow_pickle)
@@ -79,8 +83,8 @@ def load_pretrained(
     model.eval()
     if quantize is not None:
         quantize_(model, quantize)
-    elif layouts == "measure":
-        choose_layouts_(model)
+    elif mode != "as-is":
+        choose_layouts_(model, remeasure=mode == "remeasure")
     return model
 
 

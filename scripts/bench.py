@@ -256,8 +256,8 @@ def main() -> int:
         if use_hf:
             loaders["transformers"] = lambda: GPT2LMHeadModel.from_pretrained(str(model_dir)).to(device)
         t = interleave(loaders, args.repeats, device)
-        record(rows, dict(case="load (warm page cache, layouts measured once)", dtype="float32", unit="s",
-                         values=t, seconds=t))
+        record(rows, dict(case="load (warm page cache, layouts from this machine's stored choices)", dtype="float32",
+                          unit="s", values=t, seconds=t))
         if device == "cpu":
             rss = {"minigpt": peak_rss_after_load("minigpt", model_dir, "float32"),
                    "python+torch alone": peak_rss_after_load("none", model_dir, "float32")}

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from minigpt import GPT, Tokenizer
 # unless the user had set HF_HUB_OFFLINE themselves).
 USER_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Measured kernel choices go to a file of this test session, never the user's ~/.cache (subprocesses inherit it).
+os.environ.setdefault("MINIGPT_KERNEL_CACHE", os.path.join(tempfile.mkdtemp(prefix="minigpt-kernels-"), "k.json"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -1,11 +1,14 @@
 """Weight layouts chosen by measurement: same names, shapes, values and outputs whatever layout wins."""
 
+import json
+
 import pytest
 import torch
 
 from minigpt import GPT
 from minigpt.kernels import KERNELS, choose_layouts_, matmul_in_out, relayout, stored_out_in
 from minigpt.kernels import Conv1D
+from minigpt.machine import ChoiceStore, machine_id
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -59,3 +62,68 @@ def test_an_out_in_layout_trains_and_saves_like_the_checkpoint(tiny_dir, tmp_pat
     model.save_pretrained(str(tmp_path / "out"))
     saved = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert all(torch.equal(saved[f"transformer.{k}"], v) for k, v in model.state_dict().items())
+
+
+def fake_timer(fastest: str, calls: list):
+    """A stopwatch that says `fastest` is fastest, and records every kernel it was asked to time."""
+    def timer(kernel, n_in, n_out, dtype, device, give_up):
+        calls.append(kernel)
+        return 1.0 if kernel == fastest else 2.0
+    return timer
+
+
+def layouts_of(model) -> dict:
+    """Whether each projection (and the LM head, wte read as [C, V]) is stored [out, in]."""
+    layouts = {name: stored_out_in(m.weight) for name, m in model.named_modules() if isinstance(m, Conv1D)}
+    return {**layouts, "lm_head": stored_out_in(model.wte.weight.t())}
+
+
+@torch.no_grad()
+def test_choices_are_measured_once_per_machine_and_reused(tiny_dir, tmp_path):
+    """A second load reads the stored choice: a stopwatch that would now pick otherwise is never asked."""
+    store = tmp_path / "kernels.json"
+    calls = []
+    first = GPT.from_pretrained(str(tiny_dir), layouts="as-is")
+    choose_layouts_(first, store=ChoiceStore(store), timer=fake_timer("out_in", calls))
+    assert calls and all(layouts_of(first).values())  # measured, and [out, in] won everywhere
+    saved = json.loads(store.read_text())
+    [(machine, choices)] = saved["machines"].items()
+    assert machine == machine_id(torch.device("cpu")) and set(choices.values()) == {"out_in"}
+
+    later_calls = []
+    second = GPT.from_pretrained(str(tiny_dir), layouts="as-is")
+    choose_layouts_(second, store=ChoiceStore(store), timer=fake_timer("in_out", later_calls))
+    assert later_calls == [] and layouts_of(second) == layouts_of(first)
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first(ids), second(ids))
+
+    third = GPT.from_pretrained(str(tiny_dir), layouts="as-is")  # remeasure: asks again, stores the new answer
+    choose_layouts_(third, store=ChoiceStore(store), remeasure=True, timer=fake_timer("in_out", later_calls))
+    assert later_calls and not any(layouts_of(third).values())
+    assert set(json.loads(store.read_text())["machines"][machine].values()) == {"in_out"}
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 1, "machines": []}', '["x"]', ""])
+def test_a_damaged_choices_file_is_measured_again_and_rewritten(tiny_dir, tmp_path, content):
+    store = tmp_path / "kernels.json"
+    store.write_text(content)
+    calls = []
+    model = GPT.from_pretrained(str(tiny_dir), layouts="as-is")
+    choose_layouts_(model, store=ChoiceStore(store), timer=fake_timer("out_in", calls))
+    assert calls and all(layouts_of(model).values())
+    assert set(json.loads(store.read_text())["machines"][machine_id(torch.device("cpu"))].values()) == {"out_in"}
+
+
+def test_the_layout_policy_comes_from_the_argument_or_the_environment(tiny_dir, monkeypatch):
+    monkeypatch.setenv("MINIGPT_KERNELS", "as-is")
+    model = GPT.from_pretrained(str(tiny_dir))
+    assert all(p.is_contiguous() for p in model.parameters())  # the checkpoint's own storage
+    monkeypatch.setenv("MINIGPT_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="measure, remeasure, as-is"):
+        GPT.from_pretrained(str(tiny_dir))
+
+
+def test_the_machine_key_names_torch_the_cpu_and_its_flags():
+    key = machine_id(torch.device("cpu"))
+    assert torch.__version__ in key and "flags " in key
+    assert key == machine_id(torch.device("cpu"))  # stable within a machine
