@@ -75,5 +75,6 @@ def add_quantize_argument(parser) -> None:
     """--quantize: int8 weight-only inference (see minigpt.quantize)."""
     parser.add_argument("--quantize", choices=["int8"], help="int8: store every projection and the LM head as "
                         "int8 with one scale per output channel (a quarter of fp32's bytes; decoding reads every "
-                        "weight per token, so it is faster on CPUs) at a small accuracy cost; activations stay "
-                        "in --dtype (default: no quantization)")
+                        "weight per token, so it is faster on CPUs) at a small accuracy cost; the weight "
+                        "products round their activations and results to bfloat16, the rest stays in --dtype "
+                        "(default: no quantization)")
