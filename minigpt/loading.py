@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .checkpoint import save_pretrained
 from .config import GPTConfig
 from .errors import CheckpointError, ConfigError
-from .template import PromptTemplate
 from .hub import hub_download, hub_reachable, offline_message
 from .kernels import choose_layouts_
 from .machine import layout_mode
-from .checkpoint import save_pretrained
 from .model import Transformer
 from .quantize import QUANTIZE_CHOICES, quantize_
+from .template import PromptTemplate
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..train import DPOConfig, train_dpo
 from .common import OneLineParser, run_cli
 from .reward import DATA_FORMATS
 from .trainer import add_training_arguments, run_trainer
-from ..train import DPOConfig, train_dpo
 
 
 def build_parser() -> argparse.ArgumentParser:

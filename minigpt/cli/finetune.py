@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..train import TrainConfig, train
 from .common import OneLineParser, run_cli
 from .trainer import add_training_arguments, run_trainer
-from ..train import TrainConfig, train
 
 
 def build_parser() -> argparse.ArgumentParser:

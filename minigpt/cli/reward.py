@@ -11,9 +11,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ..train import RewardConfig, train_reward_model
 from .common import OneLineParser, UsageError, run_cli
 from .trainer import add_training_arguments, run_trainer
-from ..train import RewardConfig, train_reward_model
 
 DATA_FORMATS = ("data: JSONL, one record per line: {\"prompt\", \"chosen\", \"rejected\"} (optional \"margin\"), "
                 "{\"prompt\", \"ranked\": [best, ..., worst]}, or HH-RLHF's {\"chosen\", \"rejected\"} with the "

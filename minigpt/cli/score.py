@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..progress import Progress
 from .common import DTYPES, OneLineParser, UsageError, add_quantize_argument, pick_device, run_cli
 from .generate import load
-from ..progress import Progress
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import UsageError
 from ..train import STATE_FILE, TrainConfig, TrainResult
+from .common import UsageError
 
 EXIT_INTERRUPTED = 130
 

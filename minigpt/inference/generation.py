@@ -21,6 +21,7 @@ from .decode import (DecodeState, StopCheck, check_generation_args, decode_step,
 from .fast import compile_decode
 from .sampling import SamplingParams, select_next
 
+
 @torch.no_grad()
 def stream(
     model: Transformer,
@@ -66,8 +67,7 @@ def stream(
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
     try:
         yield from _decode_loop(model, logits, state, input_ids, attention_mask, max_new_tokens, params=params,
-                                eos_token_id=eos, pad=pad,
-                                stop=stop, generator=generator, logprobs=logprobs)
+                                eos_token_id=eos, pad=pad, stop=stop, generator=generator, logprobs=logprobs)
     finally:
         release(state)
 

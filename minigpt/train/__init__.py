@@ -11,10 +11,10 @@
 from .config import TrainConfig, TrainingError
 from .dpo import DPO, DPOConfig, train_dpo
 from .lm import LM, PretrainConfig, train_lm
+from .objective import Objective, StepResult
+from .optim import EpochSampler, lr_at, micro_batches, param_groups
 from .ppo import PPO, PPOConfig, train_ppo
 from .reward import Reward, RewardConfig, train_reward_model
-from .optim import EpochSampler, lr_at, micro_batches, param_groups
-from .objective import Objective, StepResult
 from .run import TrainResult, run_training
 from .sft import SFT, ResponseLoss, evaluate, resume, train
 from .state import STATE_FILE, TENSOR_STATE_FILE

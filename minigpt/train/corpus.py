@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .data import DataError, DataReport
 from ..progress import Progress
 from ..tokenizer import Tokenizer
+from .data import DataError, DataReport
 
 FORMAT = 1
 CACHE_DIR_NAME = ".minigpt_tokens"

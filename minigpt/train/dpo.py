@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import IGNORE_INDEX
 from ..model import Transformer
 from .config import TrainConfig, TrainingError
+from .data import IGNORE_INDEX
+from .objective import Objective, frozen_start_model
 from .preferences import (
     PreferenceBatch,
     PreferenceExample,
@@ -32,7 +33,6 @@ from .preferences import (
     per_record_mean,
     with_ref_logps,
 )
-from .objective import Objective, frozen_start_model
 from .run import Run, TrainResult, run_training
 
 LOSSES = ("sigmoid", "ipo")

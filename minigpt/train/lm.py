@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .data import Batch
 from .config import TrainConfig, TrainingError
 from .corpus import CorpusReport, TokenWindows, content_digest, corpus_files, shared_token_file
+from .data import Batch
 from .objective import Objective
 from .run import Run, TrainResult, run_training
 from .sft import ResponseLoss

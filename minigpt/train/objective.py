@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import GPTConfig
-from .data import DataReport, PromptTemplate
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .config import TrainConfig
+from .data import DataReport, PromptTemplate
 from .state import file_sha256
 
 if TYPE_CHECKING:

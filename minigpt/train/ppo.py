@@ -37,11 +37,11 @@ from ..model import Transformer
 from .config import TrainConfig, TrainingError
 from .corpus import TokenWindows, shared_token_file
 from .env import all_reduce_
+from .lm import collate_windows
+from .objective import Objective, StepResult, frozen_start_model
 from .prompts import Prompt, load_prompts
 from .rl import adaptive_kl_coef, gae, kl_penalty_rewards, masked_sum, policy_loss, value_loss, whiten
-from .lm import collate_windows
 from .rollout import Rollouts, response_outputs, sample_responses
-from .objective import Objective, StepResult, frozen_start_model
 from .run import Run, TrainResult, run_training
 from .scorers import RewardModelScorer, make_scorer
 from .sft import ResponseLoss

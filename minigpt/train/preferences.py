@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .data import DataError, DataReport, Example, PromptTemplate, Record, collate, read_jsonl, tokenize_record
 from ..tokenizer import Tokenizer
+from .data import DataError, DataReport, Example, PromptTemplate, Record, collate, read_jsonl, tokenize_record
 
 HH_SEPARATOR = "\n\nAssistant:"
 

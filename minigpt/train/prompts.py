@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .data import DataError, DataReport, PromptTemplate, read_jsonl
 from ..tokenizer import Tokenizer
+from .data import DataError, DataReport, PromptTemplate, read_jsonl
 from .preferences import parse_preference, text_field
 
 

@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import Example, PromptTemplate, load_examples
-from ..model import Transformer
 from ..loading import has_tensor, resolve_checkpoint
+from ..model import Transformer
 from ..reward_model import RewardModel, load_reward_model
 from .config import TrainConfig, TrainingError
+from .data import Example, PromptTemplate, load_examples
+from .objective import Objective, load_start_model
 from .preferences import (
     PreferenceBatch,
     PreferenceExample,
@@ -33,7 +34,6 @@ from .preferences import (
     pad_rows,
     per_record_mean,
 )
-from .objective import Objective, load_start_model
 from .run import Run, TrainResult, run_training
 
 NORMALIZATION_FILE = "reward_normalization.json"

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ..inference.generation import decode_step, prefill, release
-from ..model import Transformer
 from ..inference.sampling import SamplingParams, select_next
 from ..inference.text import left_pad
+from ..model import Transformer
 from .rl import entropy_from_logps, last_token_index
 
 

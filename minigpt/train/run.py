@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from .data import DataReport, PromptTemplate
 from ..progress import Progress, format_duration
 from ..tokenizer import Tokenizer
 from .config import TrainConfig, TrainingError
+from .data import DataReport, PromptTemplate
 from .env import Distributed, StopRequest, all_reduce_, barrier, close_distributed, init_distributed, pick_device
-from .optim import EpochSampler, lr_at, micro_batches, param_groups
 from .objective import Objective, StepResult, start_model_config
+from .optim import EpochSampler, lr_at, micro_batches, param_groups
 from .state import (
     STATE_FILE,
     STATE_FORMAT,

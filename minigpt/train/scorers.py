@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .data import PromptTemplate, Record, tokenize_record
 from ..reward_model import RewardModel
 from ..tokenizer import Tokenizer
 from .config import TrainingError
+from .data import PromptTemplate, Record, tokenize_record
 from .preferences import pad_rows
 from .prompts import Prompt
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import IGNORE_INDEX, Batch, Example, collate, load_examples
 from ..model import Transformer
 from .config import TrainConfig
+from .data import IGNORE_INDEX, Batch, Example, collate, load_examples
 from .objective import Objective
 from .run import TrainResult, run_training
 
