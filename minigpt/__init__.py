@@ -10,18 +10,20 @@ only downward: core (config, model, kernels) <- io (hub, loading, checkpoint, to
 from .config import GPTConfig
 from .errors import CheckpointError, ConfigError, DataError, GenerationError, MiniGPTError, TokenizerError
 from .inference.generation import GenerationMixin
+from .inspect import InspectMixin
 from .loading import PretrainedMixin
 from .model import KVCache, Transformer
 from .reward_model import RewardModel
 from .tokenizer import Tokenizer
 
 
-class GPT(GenerationMixin, PretrainedMixin, Transformer):
+class GPT(InspectMixin, GenerationMixin, PretrainedMixin, Transformer):
     """GPT-2 language model: `model(input_ids)` returns logits [B, T, V].
 
     The network is `minigpt.model.Transformer`; `from_pretrained` / `save_pretrained` come from
     `minigpt.loading.PretrainedMixin` and `generate` / `generate_stream` from
-    `minigpt.inference.generation.GenerationMixin`.
+    `minigpt.inference.generation.GenerationMixin`, `run_with_cache` / `run_with_hooks` / `hooks` from
+    `minigpt.inspect.InspectMixin`.
     """
 
 

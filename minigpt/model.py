@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPTConfig
+from .hooks import hooked_features
 from .kernels import Conv1D, init_normal_, matmul_in_out
 
 
@@ -152,6 +153,7 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.int8_head: nn.Module | None = None  # set by `minigpt.quantize.quantize_`: an int8 copy of the head
+        self.hook_fns: dict = {}  # hook name -> functions (`minigpt.hooks`); empty: the fast path below runs
 
     @property
     def device(self) -> torch.device:
@@ -227,8 +229,10 @@ class Transformer(nn.Module):
                 position_ids = query_slots[None, :]  # [1, T]
 
         mask = None
-        if cache is not None or key_valid is not None:
+        if cache is not None or key_valid is not None or self.hook_fns:
             mask = build_attention_mask(query_slots, key_valid, num_keys)
+        if self.hook_fns:  # interpretability hooks (minigpt.inspect): the same computation, step by step, hooked
+            return hooked_features(self, input_ids, position_ids, mask, cache, cache_slots)
 
         x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, C]
         for block in self.h:

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "minigpt"
 ORDER = ("core", "io", "inference", "train", "cli")
-CORE = {"config", "errors", "machine", "kernels", "quantize", "model"}
+CORE = {"config", "errors", "machine", "hooks", "kernels", "quantize", "model"}
 IO = {"hub", "tokenizer", "loading", "checkpoint", "template", "reward_model", "progress"}
 # The public faces: the package itself (`minigpt.GPT` is composed there) and the pre-`inference/` paths kept for
 # users. They may import anything; nothing inside the package may import them.
@@ -35,6 +35,8 @@ def layer(module: str) -> str:
     if module in FACES:
         return "face"
     parts = module.split(".")
+    if len(parts) >= 2 and parts[1] == "inspect":  # interpretability: beside inference, over the model alone
+        return "inference"
     if len(parts) >= 2 and parts[1] in ("inference", "train", "cli"):
         return parts[1]
     if len(parts) == 2 and parts[1] in CORE:
@@ -131,10 +133,10 @@ def test_no_import_cycles():
     assert cycles(import_graph()) == []
 
 
-def test_model_file_imports_only_config_and_kernels():
+def test_model_file_imports_nothing_of_loading_checkpoints_or_generation():
     """nanoGPT's habit: the model file needs torch and nothing of loading, checkpoints or generation."""
     graph = import_graph()
-    assert sorted(t for t, _ in graph["minigpt.model"]) == ["minigpt.config", "minigpt.kernels"]
+    assert sorted(t for t, _ in graph["minigpt.model"]) == ["minigpt.config", "minigpt.hooks", "minigpt.kernels"]
 
 
 def test_root_holds_only_core_io_and_faces():

@@ -1,0 +1,169 @@
+"""Hook points and caches: every activation equals what transformers' GPT2LMHeadModel computes inside."""
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+import minigpt.model
+from minigpt import GPT
+from minigpt.hooks import hook_names
+from minigpt.inspect import logit_lens
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_dir):
+    ours = GPT.from_pretrained(str(tiny_dir))
+    theirs = GPT2LMHeadModel.from_pretrained(str(tiny_dir), attn_implementation="eager").eval()
+    return ours, theirs
+
+
+def hf_internals(hf, ids, mask=None):
+    """Activations from transformers: hidden states, attentions and forward hooks on its modules."""
+    seen, handles = {}, []
+
+    def keep(name, use_input=False):
+        def fn(module, args, output):
+            seen[name] = (args[0] if use_input else output if torch.is_tensor(output) else output[0]).detach()
+        return fn
+
+    for i, block in enumerate(hf.transformer.h):
+        for name, module, use_input in [("ln1", block.ln_1, False), ("ln2", block.ln_2, False),
+                                        ("qkv", block.attn.c_attn, False), ("z", block.attn.c_proj, True),
+                                        ("attn_out", block.attn, False), ("pre", block.mlp.c_fc, False),
+                                        ("post", block.mlp.act, False), ("mlp_out", block.mlp, False)]:
+            handles.append(module.register_forward_hook(keep(f"{i}.{name}", use_input)))
+    handles.append(hf.transformer.ln_f.register_forward_hook(keep("ln_f")))
+    positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = hf(ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
+                 output_attentions=True)
+    for handle in handles:
+        handle.remove()
+    return out, seen
+
+
+def ln_scale(x, eps=1e-5):
+    return (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+
+
+@torch.no_grad()
+def test_every_cached_activation_equals_transformers_internals(pair):
+    ours, theirs = pair
+    ids = torch.randint(0, 1000, (2, 11), generator=torch.Generator().manual_seed(0))
+    logits, cache = ours.run_with_cache(ids)
+    out, hf = hf_internals(theirs, ids)
+    close = dict(rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, out.logits, **close)
+    assert set(cache) == set(hook_names(2)) - {"blocks.0.attn.hook_result", "blocks.1.attn.hook_result"}
+    H, D = 4, 16
+    for i in range(2):
+        q, k, v = hf[f"{i}.qkv"].split(64, dim=2)
+        resid_pre = out.hidden_states[i]
+        resid_mid = resid_pre + hf[f"{i}.attn_out"]
+        expected = {
+            "hook_resid_pre": resid_pre, "ln1.hook_scale": ln_scale(resid_pre), "ln1.hook_normalized": hf[f"{i}.ln1"],
+            "attn.hook_q": q.view(2, 11, H, D), "attn.hook_k": k.view(2, 11, H, D), "attn.hook_v": v.view(2, 11, H, D),
+            "attn.hook_pattern": out.attentions[i], "attn.hook_z": hf[f"{i}.z"].view(2, 11, H, D),
+            "hook_attn_out": hf[f"{i}.attn_out"], "hook_resid_mid": resid_mid, "ln2.hook_scale": ln_scale(resid_mid),
+            "ln2.hook_normalized": hf[f"{i}.ln2"], "mlp.hook_pre": hf[f"{i}.pre"], "mlp.hook_post": hf[f"{i}.post"],
+            "hook_mlp_out": hf[f"{i}.mlp_out"], "hook_resid_post": resid_mid + hf[f"{i}.mlp_out"],
+        }
+        for name, value in expected.items():
+            torch.testing.assert_close(cache[f"blocks.{i}.{name}"], value, **close, msg=name)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], out.hidden_states[1], **close)
+    torch.testing.assert_close(cache["ln_final.hook_normalized"], hf["ln_f"], **close)
+    torch.testing.assert_close(cache["ln_final.hook_scale"], ln_scale(cache["blocks.1.hook_resid_post"]), **close)
+    torch.testing.assert_close(cache["hook_embed"] + cache["hook_pos_embed"], out.hidden_states[0], **close)
+    scores = cache["blocks.1.attn.hook_attn_scores"]
+    assert scores.shape == (2, 4, 11, 11) and torch.isinf(scores.triu(1)[..., 0, 1:]).all()
+    assert torch.equal(cache["pattern", 1], cache["blocks.1.attn.hook_pattern"])
+
+
+@torch.no_grad()
+def test_a_left_padded_row_caches_what_it_caches_alone(pair):
+    ours, _ = pair
+    row = torch.randint(0, 1000, (1, 6), generator=torch.Generator().manual_seed(1))
+    batch = torch.cat([torch.zeros(1, 3, dtype=torch.long), row], 1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    _, alone = ours.run_with_cache(row)
+    _, padded = ours.run_with_cache(batch, attention_mask=mask)
+    for name in ("blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "blocks.1.mlp.hook_post"):
+        torch.testing.assert_close(padded[name][:, 3:], alone[name], rtol=0, atol=1e-5)
+    torch.testing.assert_close(padded["blocks.0.attn.hook_pattern"][..., 3:, 3:], alone["blocks.0.attn.hook_pattern"],
+                               rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_patching_a_residual_reproduces_the_other_runs_logits(pair):
+    ours, _ = pair
+    clean = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(2))
+    corrupt = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(3))
+    clean_logits, clean_cache = ours.run_with_cache(clean)
+    patched = ours.run_with_hooks(corrupt, [("blocks.0.hook_resid_post",
+                                             lambda x, hook: clean_cache[hook.name])])
+    # everything after the patch is the clean run's computation (the cached run computed attention explicitly
+    # for its patterns, the patched one through SDPA: equal up to float rounding)
+    torch.testing.assert_close(patched, clean_logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(ours(corrupt), clean_logits, atol=1e-3)  # the patch is what made them equal
+
+
+@torch.no_grad()
+def test_zero_ablating_a_head_removes_exactly_its_output(pair):
+    ours, _ = pair
+    ids = torch.randint(0, 1000, (1, 9), generator=torch.Generator().manual_seed(4))
+    _, clean = ours.run_with_cache(ids)
+
+    def ablate(z, hook):
+        z = z.clone()
+        z[:, :, 2] = 0
+        return z
+
+    with ours.hooks([("blocks.1.attn.hook_z", ablate)]):
+        _, ablated = ours.run_with_cache(ids)
+    w = ours.h[1].attn.c_proj.weight.view(4, 16, 64)[2]  # head 2's rows of the output projection [D, C]
+    head_out = clean["blocks.1.attn.hook_z"][:, :, 2] @ w  # [B, T, C]
+    torch.testing.assert_close(ablated["blocks.1.hook_attn_out"], clean["blocks.1.hook_attn_out"] - head_out,
+                               rtol=0, atol=1e-5)
+    assert torch.equal(ablated["blocks.1.hook_resid_pre"], clean["blocks.1.hook_resid_pre"])  # upstream untouched
+    result = ours.run_with_cache(ids, names_filter=["blocks.1.attn.hook_result"])[1]["blocks.1.attn.hook_result"]
+    torch.testing.assert_close(result[:, :, 2], head_out, rtol=0, atol=1e-5)
+
+
+def test_hooks_are_removed_even_when_one_raises(pair):
+    ours, _ = pair
+
+    def broken(x, hook):
+        raise RuntimeError("bad hook")
+
+    with pytest.raises(RuntimeError, match="bad hook"):
+        ours.run_with_hooks(torch.tensor([[1, 2, 3]]), [("blocks.0.mlp.hook_post", broken)])
+    assert ours.hook_fns == {}
+    with pytest.raises(KeyError, match="no hook point 'blocks.0.mlp.hook_mid'"):
+        ours.run_with_hooks(torch.tensor([[1, 2, 3]]), [("blocks.0.mlp.hook_mid", broken)])
+    assert ours.hook_fns == {}
+
+
+@torch.no_grad()
+def test_decomposition_and_logit_lens_add_up(pair):
+    ours, _ = pair
+    ids = torch.randint(0, 1000, (2, 7), generator=torch.Generator().manual_seed(5))
+    logits, cache = ours.run_with_cache(ids)
+    parts, labels = cache.decompose_resid(return_labels=True)
+    assert labels == ["embed", "pos_embed", "0_attn_out", "0_mlp_out", "1_attn_out", "1_mlp_out"]
+    torch.testing.assert_close(parts.sum(0), cache["blocks.1.hook_resid_post"], rtol=0, atol=1e-4)
+    resid, labels = cache.accumulated_resid(return_labels=True)
+    assert labels == ["0_pre", "1_pre", "final_post"] and resid.shape == (3, 2, 7, 64)
+    lens = logit_lens(ours, cache)
+    assert lens.shape == (3, 2, 7, 1000)
+    torch.testing.assert_close(lens[-1], logits, rtol=0, atol=1e-5)
+
+
+def test_no_hook_means_the_plain_fast_path(pair, monkeypatch):
+    ours, _ = pair
+
+    def never(*args, **kwargs):
+        raise AssertionError("the hooked path ran without hooks")
+
+    monkeypatch.setattr(minigpt.model, "hooked_features", never)
+    ours(torch.tensor([[1, 2, 3]]))
+    ours.generate(torch.tensor([[1, 2, 3]]), 4)
