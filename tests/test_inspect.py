@@ -167,3 +167,39 @@ def test_no_hook_means_the_plain_fast_path(pair, monkeypatch):
     monkeypatch.setattr(minigpt.model, "hooked_features", never)
     ours(torch.tensor([[1, 2, 3]]))
     ours.generate(torch.tensor([[1, 2, 3]]), 4)
+
+
+@torch.no_grad()
+def test_generation_returns_the_activations_of_the_whole_sequence(pair):
+    """`return_cache=True`: the cache of prompt + generated tokens equals a clean run over the output, padding
+    included (a left-padded batch: each row's activations as the row alone)."""
+    ours, _ = pair
+    batch = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    out, cache = ours.generate(batch, 6, attention_mask=mask, eos_token_id=-1, return_cache=True)
+    assert out.shape == (2, 11) and cache["blocks.1.hook_resid_post"].shape == (2, 11, 64)
+    _, alone = ours.run_with_cache(out[:1, 2:])
+    torch.testing.assert_close(cache["blocks.1.hook_resid_post"][:1, 2:], alone["blocks.1.hook_resid_post"],
+                               rtol=0, atol=1e-5)
+    _, clean = ours.run_with_cache(out[1:])
+    torch.testing.assert_close(cache["blocks.0.attn.hook_pattern"][1:], clean["blocks.0.attn.hook_pattern"],
+                               rtol=0, atol=1e-6)
+    assert ours.hook_fns == {}
+
+
+@torch.no_grad()
+def test_direct_logit_attribution_adds_up_to_the_logit_difference(pair):
+    ours, _ = pair
+    ids = torch.randint(0, 1000, (2, 7), generator=torch.Generator().manual_seed(6))
+    logits, cache = ours.run_with_cache(ids)
+    right, wrong = torch.tensor([3, 17]), torch.tensor([99, 4])  # one token pair per row, at every position
+    attrs = cache.logit_attrs(cache.decompose_resid(), right, wrong)  # [n, B, T]
+    diff = logits.gather(-1, right[:, None, None].expand(2, 7, 1))[..., 0] - \
+        logits.gather(-1, wrong[:, None, None].expand(2, 7, 1))[..., 0]
+    torch.testing.assert_close(attrs.sum(0) + cache.ln_bias_attr(right, wrong)[:, None], diff, rtol=0, atol=1e-4)
+    heads, labels = cache.stack_head_results(return_labels=True)
+    assert heads.shape == (8, 2, 7, 64) and labels[:5] == ["L0H0", "L0H1", "L0H2", "L0H3", "L1H0"]
+    bias = ours.h[0].attn.c_proj.bias
+    torch.testing.assert_close(heads[:4].sum(0) + bias, cache["blocks.0.hook_attn_out"], rtol=0, atol=1e-5)
+    named = ours.run_with_cache(ids, names_filter=lambda n: n.endswith(("hook_result", "hook_z")))[1]
+    torch.testing.assert_close(named.stack_head_results(), heads, rtol=0, atol=1e-5)

@@ -7,6 +7,7 @@ Prompts, the context policy, prefill and the decode step: `minigpt.inference.dec
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import GenerationError
+from ..inspect import run_with_cache
 from ..model import Transformer
 from .beam import beam_search
 from .decode import (DecodeState, StopCheck, check_generation_args, decode_step, expand_rows, leading_padding,
@@ -168,6 +170,20 @@ def generate(
     return sequences
 
 
+def sequences_mask(model: Transformer, input_ids: Tensor, attention_mask: Tensor | None, sequences: Tensor,
+                   max_new_tokens: int, context: str, num_return_sequences: int) -> Tensor:
+    """The attention mask [rows, L] of what `generate` returned: its prompt as fitted (and the all-padding
+    columns it gives back), then every generated column."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # generate has warned about a truncation already
+        prompt, mask = prepare_prompt(model, input_ids, attention_mask, max_new_tokens, context)
+    padding = leading_padding(attention_mask.to(prompt.device)) if attention_mask is not None else 0
+    lead = padding if prompt.shape[1] + padding == input_ids.shape[1] else 0
+    mask = mask.repeat_interleave(num_return_sequences, dim=0)  # [rows, T]
+    rows, new = sequences.shape[0], sequences.shape[1] - lead - prompt.shape[1]
+    return torch.cat([mask.new_zeros(rows, lead), mask, mask.new_ones(rows, new)], dim=1)
+
+
 def stop_sequences_check(stop: Sequence[Sequence[int]]) -> StopCheck:
     """A stop check that fires when a row's generated ids end with any of these id sequences."""
     sequences = [list(s) for s in stop if len(s) > 0]
@@ -214,7 +230,8 @@ class GenerationMixin:
         min_p: float | None = None,
         typical_p: float | None = None,
         return_dict: bool = False,
-    ) -> Tensor | GenerateOutput:
+        return_cache: bool = False,
+    ):
         """Prompt + continuation, LongTensor [B * num_return_sequences, T + new], KV-cached.
 
         Greedy unless `do_sample`; beam search with `num_beams > 1` (`length_penalty`, `early_stopping` True /
@@ -225,17 +242,24 @@ class GenerationMixin:
         `min_new_tokens`, then (sampling) temperature, `top_k`, `top_p`, `min_p`, `typical_p`.
         `context` is the policy when prompt + max_new_tokens passes n_positions: "error" or "truncate".
         `return_dict=True` returns a `GenerateOutput` (`sequences`, `sequences_scores`, `token_logprobs`).
+        `return_cache=True` returns (that, ActivationCache): the activations of every returned row, prompt and
+        generated tokens, equal to a clean `run_with_cache` over them (one more forward pass; padding masked).
         """
         params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty,
                                 no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
                                 bad_words_ids=tuple(tuple(w) for w in bad_words_ids or ()), min_p=min_p,
                                 typical_p=typical_p)
-        return generate(
+        out = generate(
             self, input_ids, max_new_tokens, params=params, num_return_sequences=num_return_sequences,
             attention_mask=attention_mask, eos_token_id=eos_token_id,
             stop=stop_sequences_check(stop) if stop else None, seed=seed, context=context, num_beams=num_beams,
             length_penalty=length_penalty, early_stopping=early_stopping, return_dict=return_dict,
         )
+        if not return_cache:
+            return out
+        sequences = out.sequences if return_dict else out
+        return out, run_with_cache(self, sequences, attention_mask=sequences_mask(
+            self, input_ids, attention_mask, sequences, max_new_tokens, context, num_return_sequences))[1]
 
     def generate_stream(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Iterator[tuple[Tensor, ...]]:
         """Yield each step's new tokens [B * N] and finished flags; arguments as `stream`."""

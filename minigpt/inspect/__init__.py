@@ -144,6 +144,59 @@ class ActivationCache(Mapping):
         return (stack, labels) if return_labels else stack
 
 
+    def stack_head_results(self, layer: int | None = None, *,
+                           return_labels: bool = False) -> Tensor | tuple[Tensor, list[str]]:
+        """Each head's output in the residual stream ([B, T, C] each, its z through its rows of c_proj, bias not
+        included) for every block before `layer` (all by default): [n_heads * layers, B, T, C], labels L{l}H{h}."""
+        layer = self.n_layer if layer is None else layer
+        parts, labels = [], []
+        for i in range(layer):
+            result = self.store.get(f"blocks.{i}.attn.hook_result")
+            if result is None:
+                c_proj = self.model.h[i].attn.c_proj
+                w = c_proj.weight if c_proj.weight.is_floating_point() else c_proj.dequantized(torch.float32).t()
+                z = self[f"blocks.{i}.attn.hook_z"]  # [B, T, H, D]
+                result = torch.einsum("bthd,hdc->bthc", z, w.reshape(z.shape[2], z.shape[3], -1).to(z.dtype))
+            parts += list(result.unbind(2))
+            labels += [f"L{i}H{h}" for h in range(result.shape[2])]
+        stack = torch.stack(parts)
+        return (stack, labels) if return_labels else stack
+
+    def apply_ln_to_stack(self, stack: Tensor, layer: int | None = None, *, mlp_input: bool = False) -> Tensor:
+        """Components [n, B, T, C] as the LayerNorm before block `layer` (the final one by default; ln2 with
+        `mlp_input`) sees them: each centred and divided by that LayerNorm's cached scale, so they add up to the
+        normalised residual before its gain and bias (TransformerLens' semantics)."""
+        name = "ln_final" if layer is None else f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
+        centred = stack - stack.mean(-1, keepdim=True)
+        return centred / self[f"{name}.hook_scale"]
+
+    def _directions(self, tokens: int | Tensor, incorrect_tokens: int | Tensor | None) -> Tensor:
+        """ln_f's gain times the unembedding column of each token (minus the incorrect one's): [..., C]."""
+        w_u = self.model.wte.weight  # [V, C]: the tied unembedding, one row per token
+        directions = w_u[torch.as_tensor(tokens, device=w_u.device)]
+        if incorrect_tokens is not None:
+            directions = directions - w_u[torch.as_tensor(incorrect_tokens, device=w_u.device)]
+        return directions * self.model.ln_f.weight
+
+    def logit_attrs(self, stack: Tensor, tokens: int | Tensor, incorrect_tokens: int | Tensor | None = None) -> Tensor:
+        """Direct logit attribution: each component's [n, B, T, C] share of the logit of `tokens` (an id, or ids
+        [B] or [B, T]), or of the logit difference to `incorrect_tokens`: [n, B, T]. With the final LayerNorm
+        applied (`apply_ln_to_stack`); the components of `decompose_resid()` add up to the logit (difference)
+        less `ln_bias_attr`, the part the LayerNorm's bias adds, which no component owns."""
+        directions = self._directions(tokens, incorrect_tokens)
+        if directions.dim() == 2:  # one token per row: the same direction at every position
+            directions = directions[:, None, :]
+        return (self.apply_ln_to_stack(stack) * directions).sum(-1)
+
+    def ln_bias_attr(self, tokens: int | Tensor, incorrect_tokens: int | Tensor | None = None) -> Tensor:
+        """What ln_f's bias adds to the logit (difference) of `tokens`: b . W_U[:, t] (- b . W_U[:, t'])."""
+        w_u = self.model.wte.weight
+        direction = w_u[torch.as_tensor(tokens, device=w_u.device)]
+        if incorrect_tokens is not None:
+            direction = direction - w_u[torch.as_tensor(incorrect_tokens, device=w_u.device)]
+        return direction @ self.model.ln_f.bias
+
+
 @torch.no_grad()
 def logit_lens(model, cache: ActivationCache) -> Tensor:
     """Each accumulated residual read out as if it were the last: ln_f, then the unembedding: [L + 1, B, T, V]
