@@ -203,3 +203,37 @@ def test_direct_logit_attribution_adds_up_to_the_logit_difference(pair):
     torch.testing.assert_close(heads[:4].sum(0) + bias, cache["blocks.0.hook_attn_out"], rtol=0, atol=1e-5)
     named = ours.run_with_cache(ids, names_filter=lambda n: n.endswith(("hook_result", "hook_z")))[1]
     torch.testing.assert_close(named.stack_head_results(), heads, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_inspect_command_writes_pictures_and_a_page_that_needs_no_network(text_model_dir, tmp_path):
+    import matplotlib.image
+
+    from helpers import REPO_ROOT, run_script
+
+    out = tmp_path / "pictures"
+    proc = run_script(str(REPO_ROOT / "scripts" / "inspect_model.py"), "--model", str(text_model_dir),
+                      "--prompt", "When Mary and John went to the store", "--out", str(out), "--layers", "1")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["attention_L1.png", "head_attribution.png", "index.html", "logit_lens.png"]
+    assert proc.stdout.split() == [str(out / n) for n in ("attention_L1.png", "logit_lens.png",
+                                                           "head_attribution.png", "index.html")]
+    for name in names[:2] + names[3:]:
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50 and image.std() > 0
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "http" not in page and "<script" not in page
+
+
+def test_inspect_errors_are_one_line(tiny_dir, capsys, monkeypatch):
+    import sys
+
+    from minigpt.cli.inspect import main
+
+    assert main(["--model", str(tiny_dir), "--prompt", "x", "--out", "o", "--top-heads", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --top-heads must be >= 1, got 0"]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
+    assert main(["--model", str(tiny_dir), "--prompt", "x", "--out", "o"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install \"minigpt[inspect]\"" in err[0]
