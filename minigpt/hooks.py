@@ -11,9 +11,9 @@ Names and shapes (B batch, T tokens, S key slots, H heads, D head_dim, C n_embd;
     hook_embed, hook_pos_embed                                  [B, T, C]
     blocks.i.hook_resid_pre / hook_resid_mid / hook_resid_post  [B, T, C]
     blocks.i.ln1.hook_scale, blocks.i.ln2.hook_scale            [B, T, 1]  sqrt(var + eps)
-    blocks.i.ln1.hook_normalized, blocks.i.ln2.hook_normalized  [B, T, C]  after the gain and bias
+    blocks.i.ln1.hook_normalized, blocks.i.ln2.hook_normalized  [B, T, C]  (x - mean) / scale, before gain and bias
     blocks.i.attn.hook_q / hook_k / hook_v / hook_z             [B, T, H, D]
-    blocks.i.attn.hook_attn_scores                              [B, H, T, S]  scaled, masked to -inf
+    blocks.i.attn.hook_attn_scores                              [B, H, T, S]  scaled; masked: the dtype's min
     blocks.i.attn.hook_pattern                                  [B, H, T, S]  softmax of the scores
     blocks.i.attn.hook_result                                   [B, T, H, C]  each head's output (asked for only)
     blocks.i.hook_attn_out, blocks.i.hook_mlp_out               [B, T, C]
@@ -22,7 +22,8 @@ Names and shapes (B batch, T tokens, S key slots, H heads, D head_dim, C n_embd;
 
 With a KV cache, T is the tokens of this call (the new ones) and S every slot; hook_k/hook_v see this call's keys
 and values only. Attention is computed explicitly (scores, softmax, weighted sum) only while a hook asks for the
-scores, the pattern or the per-head results; otherwise it stays `scaled_dot_product_attention`.
+scores, the pattern or the per-head results; otherwise it stays `scaled_dot_product_attention`. The values at
+every name equal TransformerLens 4's `TransformerBridge` on the same checkpoint (tested when it is installed).
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def fire(hooks: dict[str, list[HookFn]], name: str, x: Tensor) -> Tensor:
 
 
 def hooked_layer_norm(ln: torch.nn.LayerNorm, x: Tensor, hooks: dict, prefix: str) -> Tensor:
-    """LayerNorm with its scale sqrt(var + eps) [B, T, 1] and its output [B, T, C] offered to the hooks."""
+    """LayerNorm with its scale sqrt(var + eps) [B, T, 1] and the normalised input [B, T, C] (before the gain and
+    bias) offered to the hooks."""
     centred = x - x.mean(-1, keepdim=True)
     scale = fire(hooks, f"{prefix}.hook_scale", (centred.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt())
-    return fire(hooks, f"{prefix}.hook_normalized", centred / scale * ln.weight + ln.bias)
+    return fire(hooks, f"{prefix}.hook_normalized", centred / scale) * ln.weight + ln.bias
 
 
 def hooked_attention(attn, x: Tensor, mask: Tensor, cache, slots: Tensor | None, hooks: dict, prefix: str) -> Tensor:
@@ -90,7 +92,7 @@ def hooked_attention(attn, x: Tensor, mask: Tensor, cache, slots: Tensor | None,
     explicit = any(f"{prefix}.{name}" in hooks for name in ("hook_attn_scores", "hook_pattern", "hook_result"))
     if explicit:
         scores = (q @ k.transpose(-1, -2)) * attn.scale  # [B, H, T, S]
-        scores = fire(hooks, f"{prefix}.hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
+        scores = fire(hooks, f"{prefix}.hook_attn_scores", scores.masked_fill(~mask, torch.finfo(scores.dtype).min))
         pattern = fire(hooks, f"{prefix}.hook_pattern", scores.softmax(-1))  # [B, H, T, S]
         z = pattern @ v  # [B, H, T, D]
     else:

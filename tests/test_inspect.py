@@ -46,6 +46,10 @@ def ln_scale(x, eps=1e-5):
     return (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
 
 
+def normed(x):
+    return (x - x.mean(-1, keepdim=True)) / ln_scale(x)
+
+
 @torch.no_grad()
 def test_every_cached_activation_equals_transformers_internals(pair):
     ours, theirs = pair
@@ -61,21 +65,26 @@ def test_every_cached_activation_equals_transformers_internals(pair):
         resid_pre = out.hidden_states[i]
         resid_mid = resid_pre + hf[f"{i}.attn_out"]
         expected = {
-            "hook_resid_pre": resid_pre, "ln1.hook_scale": ln_scale(resid_pre), "ln1.hook_normalized": hf[f"{i}.ln1"],
+            "hook_resid_pre": resid_pre, "ln1.hook_scale": ln_scale(resid_pre), "ln1.hook_normalized": normed(resid_pre),
             "attn.hook_q": q.view(2, 11, H, D), "attn.hook_k": k.view(2, 11, H, D), "attn.hook_v": v.view(2, 11, H, D),
             "attn.hook_pattern": out.attentions[i], "attn.hook_z": hf[f"{i}.z"].view(2, 11, H, D),
             "hook_attn_out": hf[f"{i}.attn_out"], "hook_resid_mid": resid_mid, "ln2.hook_scale": ln_scale(resid_mid),
-            "ln2.hook_normalized": hf[f"{i}.ln2"], "mlp.hook_pre": hf[f"{i}.pre"], "mlp.hook_post": hf[f"{i}.post"],
+            "ln2.hook_normalized": normed(resid_mid), "mlp.hook_pre": hf[f"{i}.pre"], "mlp.hook_post": hf[f"{i}.post"],
             "hook_mlp_out": hf[f"{i}.mlp_out"], "hook_resid_post": resid_mid + hf[f"{i}.mlp_out"],
         }
         for name, value in expected.items():
             torch.testing.assert_close(cache[f"blocks.{i}.{name}"], value, **close, msg=name)
+        for ln, hf_out in (("ln1", hf[f"{i}.ln1"]), ("ln2", hf[f"{i}.ln2"])):  # what the LayerNorm module returns
+            module = getattr(ours.h[i], "ln_1" if ln == "ln1" else "ln_2")
+            torch.testing.assert_close(cache[f"blocks.{i}.{ln}.hook_normalized"] * module.weight + module.bias, hf_out,
+                                       **close)
     torch.testing.assert_close(cache["blocks.0.hook_resid_post"], out.hidden_states[1], **close)
-    torch.testing.assert_close(cache["ln_final.hook_normalized"], hf["ln_f"], **close)
+    torch.testing.assert_close(cache["ln_final.hook_normalized"] * ours.ln_f.weight + ours.ln_f.bias, hf["ln_f"],
+                               **close)
     torch.testing.assert_close(cache["ln_final.hook_scale"], ln_scale(cache["blocks.1.hook_resid_post"]), **close)
     torch.testing.assert_close(cache["hook_embed"] + cache["hook_pos_embed"], out.hidden_states[0], **close)
     scores = cache["blocks.1.attn.hook_attn_scores"]
-    assert scores.shape == (2, 4, 11, 11) and torch.isinf(scores.triu(1)[..., 0, 1:]).all()
+    assert scores.shape == (2, 4, 11, 11) and (scores[..., 0, 1:] == torch.finfo(torch.float32).min).all()
     assert torch.equal(cache["pattern", 1], cache["blocks.1.attn.hook_pattern"])
 
 
@@ -237,3 +246,24 @@ def test_inspect_errors_are_one_line(tiny_dir, capsys, monkeypatch):
     assert main(["--model", str(tiny_dir), "--prompt", "x", "--out", "o"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install \"minigpt[inspect]\"" in err[0]
+
+
+@torch.no_grad()
+def test_the_cache_equals_transformer_lens_bridge_on_every_shared_name(text_model_dir):
+    """TransformerLens 4 boots a minigpt checkpoint directory; on every hook name both have, the values agree."""
+    pytest.importorskip("transformer_lens", reason="transformer_lens is optional (pip install transformer-lens)")
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2TokenizerFast
+
+    bridge = TransformerBridge.boot_transformers(str(text_model_dir),
+                                                 tokenizer=GPT2TokenizerFast.from_pretrained(str(text_model_dir)))
+    ours = GPT.from_pretrained(str(text_model_dir))
+    ids = torch.tensor([[464, 3290, 373, 1043, 287, 257, 2214]])
+    logits_bridge, theirs = bridge.run_with_cache(ids)
+    logits, cache = ours.run_with_cache(ids)
+    torch.testing.assert_close(logits, logits_bridge, rtol=0, atol=1e-5)
+    shared = set(cache) & set(theirs.keys())
+    assert len(shared) == len(cache)  # every name minigpt caches is one of the bridge's
+    for name in sorted(shared):
+        assert cache[name].shape == theirs[name].shape, name
+        torch.testing.assert_close(cache[name], theirs[name], rtol=0, atol=1e-5, msg=name)
