@@ -246,7 +246,7 @@ def test_inspect_errors_are_one_line(tiny_dir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
     assert main(["--model", str(tiny_dir), "--prompt", "x", "--out", "o"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install \"minigpt[inspect]\"" in err[0]
+    assert len(err) == 1 and "pip install \"minigpt[inspect]\"" in err[0], err
 
 
 @torch.no_grad()

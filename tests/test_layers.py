@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "minigpt"
 ORDER = ("core", "io", "inference", "train", "cli")
-CORE = {"config", "errors", "machine", "hooks", "kernels", "quantize", "model"}
+CORE = {"config", "errors", "extras", "machine", "hooks", "kernels", "quantize", "model"}
 IO = {"hub", "tokenizer", "loading", "checkpoint", "template", "reward_model", "progress"}
 # The public faces: the package itself (`minigpt.GPT` is composed there) and the pre-`inference/` paths kept for
 # users. They may import anything; nothing inside the package may import them.

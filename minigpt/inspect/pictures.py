@@ -1,7 +1,7 @@
 """Pictures of one prompt's forward pass: attention patterns per head, a logit-lens table and the heads that
 write the prediction, as PNG files and one self-contained HTML page (the images inlined: no network needed).
 
-matplotlib is an optional extra (`pip install "minigpt[inspect]"`); `MissingExtra` says so in one line.
+matplotlib is an optional extra (`pip install "minigpt[inspect]"`); `minigpt.extras.MissingExtra` says so in one line.
 """
 
 from __future__ import annotations
@@ -13,24 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MiniGPTError
+from ..extras import pyplot
 from . import ActivationCache, logit_lens, run_with_cache
-
-
-class MissingExtra(MiniGPTError, ImportError):
-    """An optional dependency is not installed (the message says what to install)."""
-
-
-def pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingExtra("the pictures need matplotlib: pip install \"minigpt[inspect]\" (or pip install "
-                           "matplotlib)") from None
-    return plt
 
 
 @dataclass
