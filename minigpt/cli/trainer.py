@@ -38,7 +38,7 @@ OPTIMIZATION: list[tuple[str, str, type, str]] = [
     ("--seed", "seed", int, "seed of the data order, the eval split and any new weights"),
 ]
 COMMON_FIELDS = ("data", "eval_data", "skip_bad", "model", "random_init", "tokenizer", "template", "device",
-                 "precision")
+                 "precision", "report_to", "report_dir")
 
 
 def with_default(text: str, config_class: type[TrainConfig], name: str) -> str:
@@ -84,12 +84,19 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[T
     run.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                      help="auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    report = parser.add_argument_group("metrics out")
+    report.add_argument("--report-to", action="append", choices=["tensorboard", "wandb", "none"],
+                        help="also send every step's numbers and evaluations here (repeatable; optional extras: "
+                        "pip install \"minigpt[tensorboard]\" / \"minigpt[wandb]\"; W&B honours WANDB_MODE, "
+                        "WANDB_PROJECT)")
+    report.add_argument("--report-dir", help="where their logs go (default: OUT-logs, beside the checkpoint)")
 
 
 def explicit_settings(args: argparse.Namespace, extra_fields: tuple[str, ...] = ()) -> dict:
     """The config fields given on the command line (None = not given)."""
     names = [name for _, name, _, _ in OPTIMIZATION] + list(COMMON_FIELDS) + list(extra_fields)
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
 
 
 def check_out_dir(out: Path, resume: bool) -> None:

@@ -42,6 +42,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
+    report_to: tuple[str, ...] = ()  # metrics out: "tensorboard", "wandb" (minigpt.train.report)
+    report_dir: str | None = None  # where their logs go; default: <out>-logs
 
     def check(self) -> None:
         positive = {"batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size or 1,
@@ -62,6 +64,9 @@ class TrainConfig:
             raise TrainingError("weight_decay and grad_clip must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise TrainingError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        bad = sorted(set(self.report_to) - {"tensorboard", "wandb", "none"})
+        if bad:
+            raise TrainingError(f"report_to {', '.join(bad)}: the choices are tensorboard, wandb or none")
         if self.max_len is not None and self.max_len < 2:
             raise TrainingError(f"max_len must be >= 2, got {self.max_len}")
 
@@ -72,6 +77,7 @@ class TrainConfig:
     def from_json(cls, data: dict) -> "TrainConfig":
         data = dict(data)
         data["betas"] = tuple(data["betas"])
+        data["report_to"] = tuple(data.get("report_to", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -35,6 +35,7 @@ from .data import DataReport, PromptTemplate
 from .env import Distributed, StopRequest, all_reduce_, barrier, close_distributed, init_distributed, pick_device
 from .objective import Objective, StepResult, start_model_config
 from .optim import EpochSampler, lr_at, micro_batches, param_groups
+from .report import Reporters, default_report_dir
 from .state import (
     STATE_FILE,
     STATE_FORMAT,
@@ -122,6 +123,8 @@ class Run:
         objective.show_progress = self.show
         self.resumed = saved is not None
         self.finish_pending = False  # the last step is done but the objective's `finish` has not succeeded
+        self.grad_norm: float | None = None  # the last optimizer step's gradient norm (when clipping)
+        self.reporters = Reporters((), Path("."), config={}, out=out, start_step=0)  # metrics out: `loop` sets them
         self._log = log or (lambda text: None)
 
         self.data_sha = objective.data_digest(config.data)
@@ -233,6 +236,16 @@ class Run:
     # ----- the loop
 
     def loop(self) -> TrainResult:
+        """Train to the end (or a stop request), reporting to the chosen metric backends (rank 0)."""
+        backends = self.config.report_to if self.dist.main else ()
+        self.reporters = Reporters(backends, Path(self.config.report_dir or default_report_dir(self.out)),
+                                   config=self.config.to_json(), out=self.out, start_step=self.step)
+        try:
+            return self._loop()
+        finally:
+            self.reporters.close()
+
+    def _loop(self) -> TrainResult:
         config = self.config
         result = TrainResult(self.out, self.step, self.total_steps, evals=self.evals, eval_metrics=self.eval_metrics,
                              report=self.report)
@@ -256,9 +269,13 @@ class Run:
                 self.step += 1
                 result.step = self.step
                 self.history.append({"step": self.step, "loss": done.loss, "lr": lr, **done.stats})
+                elapsed = time.perf_counter() - started
+                extra = {"tokens_per_second": tokens * self.dist.world / elapsed}
+                if self.grad_norm is not None:
+                    extra["grad_norm"] = self.grad_norm
+                self.reporters.step(self.step, {**self.history[-1], **extra})
                 if self.eval_set and (self.step % self.eval_every == 0 or self.step == self.total_steps):
                     self._evaluate(result)
-                elapsed = time.perf_counter() - started
                 fields = {"loss": f"{done.loss:.4f}", "lr": f"{lr:.2e}",
                           **self.objective.step_fields(done.stats),
                           "tok/s": f"{tokens * self.dist.world / elapsed:,.0f}"}
@@ -320,7 +337,7 @@ class Run:
     def optimizer_step(self) -> None:
         """Clip the gradient norm (if set), step AdamW, clear the gradients."""
         if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -345,6 +362,7 @@ class Run:
         metrics = self.objective.evaluate(self.model, self.eval_set, batch_size=self.micro, device=self.device,
                                           autocast=self.autocast)
         self.model.train(was_training)
+        self.reporters.eval(self.step, metrics)
         result.evals.append((self.step, metrics[self.objective.main_metric]))
         result.eval_metrics.append((self.step, metrics))
         self.evals, self.eval_metrics = result.evals, result.eval_metrics

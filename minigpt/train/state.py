@@ -19,7 +19,7 @@ STATE_FILE = "trainer_state.json"
 TENSOR_STATE_FILE = "training_state.safetensors"
 STATE_FORMAT = 1
 # Settings that may differ when resuming: they do not change what is computed.
-RESUME_MAY_CHANGE = frozenset({"device", "eval_every", "save_every"})
+RESUME_MAY_CHANGE = frozenset({"device", "eval_every", "save_every", "report_to", "report_dir"})
 
 
 def file_sha256(path: str | Path) -> str:
