@@ -170,31 +170,27 @@ class ActivationCache(Mapping):
         centred = stack - stack.mean(-1, keepdim=True)
         return centred / self[f"{name}.hook_scale"]
 
-    def _directions(self, tokens: int | Tensor, incorrect_tokens: int | Tensor | None) -> Tensor:
-        """ln_f's gain times the unembedding column of each token (minus the incorrect one's): [..., C]."""
+    def _unembedding(self, tokens: int | Tensor, incorrect_tokens: int | Tensor | None) -> Tensor:
+        """The unembedding column of each token (minus the incorrect one's): [..., C]."""
         w_u = self.model.wte.weight  # [V, C]: the tied unembedding, one row per token
         directions = w_u[torch.as_tensor(tokens, device=w_u.device)]
         if incorrect_tokens is not None:
             directions = directions - w_u[torch.as_tensor(incorrect_tokens, device=w_u.device)]
-        return directions * self.model.ln_f.weight
+        return directions
 
     def logit_attrs(self, stack: Tensor, tokens: int | Tensor, incorrect_tokens: int | Tensor | None = None) -> Tensor:
         """Direct logit attribution: each component's [n, B, T, C] share of the logit of `tokens` (an id, or ids
         [B] or [B, T]), or of the logit difference to `incorrect_tokens`: [n, B, T]. With the final LayerNorm
         applied (`apply_ln_to_stack`); the components of `decompose_resid()` add up to the logit (difference)
         less `ln_bias_attr`, the part the LayerNorm's bias adds, which no component owns."""
-        directions = self._directions(tokens, incorrect_tokens)
+        directions = self._unembedding(tokens, incorrect_tokens) * self.model.ln_f.weight  # through ln_f's gain
         if directions.dim() == 2:  # one token per row: the same direction at every position
             directions = directions[:, None, :]
         return (self.apply_ln_to_stack(stack) * directions).sum(-1)
 
     def ln_bias_attr(self, tokens: int | Tensor, incorrect_tokens: int | Tensor | None = None) -> Tensor:
         """What ln_f's bias adds to the logit (difference) of `tokens`: b . W_U[:, t] (- b . W_U[:, t'])."""
-        w_u = self.model.wte.weight
-        direction = w_u[torch.as_tensor(tokens, device=w_u.device)]
-        if incorrect_tokens is not None:
-            direction = direction - w_u[torch.as_tensor(incorrect_tokens, device=w_u.device)]
-        return direction @ self.model.ln_f.bias
+        return self._unembedding(tokens, incorrect_tokens) @ self.model.ln_f.bias
 
 
 @torch.no_grad()
