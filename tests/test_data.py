@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from helpers import synthetic_instructions, write_jsonl
 
-from minigpt import GPT
+from minigpt import GPT, MiniGPTError
 from minigpt.train.data import (
     IGNORE_INDEX,
     DataError,
@@ -165,3 +165,55 @@ def test_eval_split_is_seeded_and_disjoint(tmp_path, tokenizer):
     assert {e.line for e in train_a} | {e.line for e in eval_a} == set(range(1, 21))
     assert not {e.line for e in train_a} & {e.line for e in eval_a}
     assert [e.line for e in split_eval(examples, 0.25, seed=4)[1]] != [e.line for e in eval_a]
+
+
+# --------------------------------------------------------------------------- data from anywhere
+
+
+def first_step_loss(data, out, model_dir):
+    from minigpt.train import TrainConfig, train
+
+    config = TrainConfig(data=str(data), out=str(out), model=str(model_dir), eval_fraction=0, batch_size=4,
+                         max_steps=1, lr=1e-3, warmup_steps=0, seed=1)
+    return train(config, progress=False).train_losses[0]
+
+
+@pytest.mark.slow
+def test_every_data_form_trains_like_its_jsonl(text_model_dir, tmp_path):
+    import csv
+
+    datasets = pytest.importorskip("datasets")
+    records = synthetic_instructions(8)
+    reference = first_step_loss(write_jsonl(tmp_path / "d.jsonl", records), tmp_path / "o0", text_model_dir)
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    table = datasets.Dataset.from_list(records)
+    table.to_parquet(str(tmp_path / "d.parquet"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    for i, source in enumerate(["d.csv", "d.json", "d.parquet", "saved"], start=1):
+        assert first_step_loss(tmp_path / source, tmp_path / f"o{i}", text_model_dir) == pytest.approx(
+            reference, rel=1e-6), source
+
+
+def test_bad_rows_are_named_in_every_form(tmp_path):
+    (tmp_path / "d.csv").write_text("instruction,input,output\nSay hi,,hi\n,,empty instruction\n")
+    with pytest.raises(DataError, match=r"d.csv:3: "):
+        read_jsonl(tmp_path / "d.csv")
+    (tmp_path / "d.json").write_text(json.dumps([{"prompt": "a", "response": "b"}, {"prompt": "a"}]))
+    with pytest.raises(DataError, match=r"d.json\[1\]: "):
+        read_jsonl(tmp_path / "d.json")
+
+
+def test_datasets_forms_without_the_extra_or_offline_are_one_line(tmp_path, monkeypatch):
+    import sys
+
+    pytest.importorskip("datasets")
+    with pytest.raises(DataError, match=r"cannot load dataset nobody/no-such-set\[train\]"):
+        read_jsonl("nobody/no-such-set")  # the suite runs offline: the datasets cache only
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    (tmp_path / "d.parquet").write_bytes(b"PAR1")
+    with pytest.raises(MiniGPTError, match=r'pip install "minigpt\[data\]"'):
+        read_jsonl(tmp_path / "d.parquet")

@@ -13,9 +13,12 @@ positions start at 0 in every row, exactly as when the example is alone.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..extras import MissingExtra
+from ..hub import hub_reachable
 from ..inference.scoring import IGNORE_INDEX, Batch, Example, collate
 from ..template import TEMPLATE_FILE, PromptTemplate
 from ..tokenizer import Tokenizer
@@ -76,40 +81,111 @@ def demonstration(obj: object, line: int) -> Record:
 
 def read_jsonl(path: str | Path, *, skip_bad: bool = False,
                parse: Callable[[object, int], Any] = demonstration) -> tuple[list[Any], list[str]]:
-    """Records of a JSONL file and a list of problems, each "FILE:LINE: what".
+    """Records of a data source and a list of problems, each "WHERE: what" (WHERE = FILE:LINE, FILE:ROW or
+    DATASET[SPLIT]:ROW). Sources: `read_rows`.
 
-    `parse(json_value, line)` makes one record or raises ValueError saying what is wrong (default: an
-    instruction record). A bad line (invalid JSON, or refused by `parse`: not an object, missing or non-string
-    fields, empty instruction or response, ...) is rejected with every problem listed (DataError), or skipped
-    and reported when `skip_bad`. Blank lines are ignored. Nothing is trained before the whole file is checked.
+    `parse(row, number)` makes one record or raises ValueError saying what is wrong (default: an instruction
+    record). A bad row (invalid JSON, or refused by `parse`: not an object, missing or non-string fields, empty
+    instruction or response, ...) is rejected with every problem listed (DataError), or skipped and reported
+    when `skip_bad`. Blank JSONL lines are ignored. Nothing is trained before the whole source is checked.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"data file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read data file {path}: {exc}") from None
-    records: list[Record] = []
+    records: list[Any] = []
     problems: list[str] = []
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
+    for where, number, row in read_rows(path):
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        try:
-            records.append(parse(obj, number))
+            if isinstance(row, ValueError):
+                raise row
+            records.append(parse(row, number))
         except ValueError as exc:
-            problems.append(f"{path}:{number}: {exc}")
+            problems.append(f"{where}: {exc}")
     if problems and not skip_bad:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise DataError(f"{len(problems)} bad record(s): {shown} (fix them, or pass --skip-bad to skip them)")
     if not records:
         raise DataError(f"{path}: no usable records")
     return records, problems
+
+
+def read_rows(source: str | Path) -> Iterator[tuple[str, int, object]]:
+    """(where, number, row) for each row of a data source; a row that cannot be read is a ValueError.
+
+    JSONL (one JSON value per line; the default), a `.json` file holding one array, `.csv` with a header row
+    (each row a dict of strings; an empty cell is an absent field), and through the optional `datasets` package (`pip install "minigpt[data]"`)
+    `.parquet`, a directory written by `Dataset.save_to_disk`, or a hub dataset id `ID` / `ID:SPLIT` (split
+    `train` by default; offline, from the datasets cache)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        yield from _dataset_rows(str(source), lambda datasets: _from_disk(datasets, path))
+        return
+    if not path.is_file():
+        if _looks_like_dataset_id(str(source)):
+            name, _, split = str(source).partition(":")
+            yield from _dataset_rows(f"{name}[{split or 'train'}]",
+                                     lambda datasets: datasets.load_dataset(name, split=split or "train"))
+            return
+        raise DataError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        yield from _dataset_rows(str(path), lambda datasets: datasets.load_dataset(
+            "parquet", data_files=str(path), split="train"))
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read data file {path}: {exc}") from None
+    if suffix == ".csv":
+        for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):  # line 1 is the header
+            yield f"{path}:{number}", number, {k: v for k, v in row.items() if v not in ("", None)}  # empty: absent
+    elif suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        for number, row in enumerate(rows, start=1):
+            yield f"{path}[{number - 1}]", number, row
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"{path}:{number}", number, ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _looks_like_dataset_id(text: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", text)) and not text.endswith((".jsonl", ".json", ".csv"))
+
+
+def _from_disk(datasets, path: Path):
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise DataError(f"{path}: a DatasetDict without a 'train' split (it has {', '.join(loaded)})")
+        return loaded["train"]
+    return loaded
+
+
+def _dataset_rows(name: str, load: Callable[[Any], Any]) -> Iterator[tuple[str, int, object]]:
+    try:
+        import datasets
+    except ImportError:
+        raise MissingExtra(f"{name}: reading Parquet, saved datasets and hub datasets needs the datasets package: "
+                           "pip install \"minigpt[data]\"") from None
+    datasets.disable_progress_bars()
+    offline = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = offline or not hub_reachable()  # unreachable hub: the cache only, at once
+    try:
+        rows = load(datasets)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many types: offline, unknown id, unreadable file
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot load dataset {name}: {why}") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
+    for number, row in enumerate(rows, start=1):
+        yield f"{name}:{number}", number, row
 
 
 # --------------------------------------------------------------------------- tokenizing
