@@ -137,7 +137,7 @@ def _time_kernel(kernel: str, n_in: int, n_out: int, dtype: torch.dtype, device:
 
 
 def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device, *, store: ChoiceStore,
-                   remeasure: bool = False, timer: Timer = _time_kernel) -> str:
+                   remeasure: bool = False, timer: Timer = _time_kernel, machine: str | None = None) -> str:
     """The kernel that multiplies a vector by an [n_in, n_out] weight fastest on this machine: stored in `store`
     after its first measurement, and from then on read from there (`remeasure` times it again)."""
     if device.type != "cpu":
@@ -155,7 +155,7 @@ def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.devi
         return best
 
     key = f"layout {str(dtype).removeprefix('torch.')} {n_in}x{n_out}"
-    return store.choose(machine_id(device), key, measure, valid=tuple(candidates), remeasure=remeasure)
+    return store.choose(machine or machine_id(device), key, measure, valid=tuple(candidates), remeasure=remeasure)
 
 
 @torch.no_grad()
@@ -166,7 +166,8 @@ def choose_layouts_(model: nn.Module, *, store: ChoiceStore | None = None, remea
 
     Returns {parameter name: kernel}. Parameter names, shapes and values do not change."""
     store = store if store is not None else ChoiceStore()
-    pick = dict(store=store, remeasure=remeasure, timer=timer)
+    device = next(model.parameters()).device
+    pick = dict(store=store, remeasure=remeasure, timer=timer, machine=machine_id(device))  # read /proc once
     chosen: dict[str, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, Conv1D):
