@@ -99,13 +99,19 @@ def hooked_attention(attn, x: Tensor, mask: Tensor, cache, slots: Tensor | None,
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
     z = fire(hooks, f"{prefix}.hook_z", z.transpose(1, 2))  # [B, T, H, D]
     if f"{prefix}.hook_result" in hooks:
-        w = attn.c_proj.weight
-        if not w.is_floating_point():  # an int8 model: the weight its int8 values stand for
-            w = attn.c_proj.dequantized(z.dtype).t()
-        w = w.reshape(H, D, C)  # [in = (H, D), out]: each head's rows of the output projection
-        result = fire(hooks, f"{prefix}.hook_result", torch.einsum("bthd,hdc->bthc", z, w))  # [B, T, H, C]
+        result = fire(hooks, f"{prefix}.hook_result", head_results(attn.c_proj, z))  # [B, T, H, C]
         return result.sum(2) + attn.c_proj.bias
     return attn.c_proj(z.reshape(B, T, C))  # [B, T, C]
+
+
+def head_results(c_proj, z: Tensor) -> Tensor:
+    """Each head's output in the residual stream [B, T, H, C]: its z [B, T, H, D] through its rows of the output
+    projection (bias not included)."""
+    w = c_proj.weight
+    if not w.is_floating_point():  # an int8 model: the weight its int8 values stand for
+        w = c_proj.dequantized(z.dtype).t()
+    w = w.to(z.dtype).reshape(z.shape[2], z.shape[3], -1)  # [in = (H, D), out]
+    return torch.einsum("bthd,hdc->bthc", z, w)
 
 
 def hooked_block(block, x: Tensor, mask: Tensor, cache, slots: Tensor | None, hooks: dict, i: int) -> Tensor:

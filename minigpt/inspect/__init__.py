@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from ..hooks import HookFn, HookPoint, hook_names
+from ..hooks import HookFn, HookPoint, head_results, hook_names
 
 NameOrFilter = str | Callable[[str], bool]
 
@@ -153,10 +153,7 @@ class ActivationCache(Mapping):
         for i in range(layer):
             result = self.store.get(f"blocks.{i}.attn.hook_result")
             if result is None:
-                c_proj = self.model.h[i].attn.c_proj
-                w = c_proj.weight if c_proj.weight.is_floating_point() else c_proj.dequantized(torch.float32).t()
-                z = self[f"blocks.{i}.attn.hook_z"]  # [B, T, H, D]
-                result = torch.einsum("bthd,hdc->bthc", z, w.reshape(z.shape[2], z.shape[3], -1).to(z.dtype))
+                result = head_results(self.model.h[i].attn.c_proj, self[f"blocks.{i}.attn.hook_z"])
             parts += list(result.unbind(2))
             labels += [f"L{i}H{h}" for h in range(result.shape[2])]
         stack = torch.stack(parts)
