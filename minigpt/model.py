@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPTConfig
+from .head import summed_nll, token_logprobs
 from .hooks import hooked_features
 from .kernels import Conv1D, init_normal_, matmul_in_out
 
@@ -173,6 +174,23 @@ class Transformer(nn.Module):
         if self.int8_head is not None:
             return self.int8_head(x)
         return matmul_in_out(x, self.wte.weight.t(), self.split_head)  # [C, V], stored either way
+
+    def token_logprobs(self, hidden: Tensor, targets: Tensor, *, temperature: float = 1.0,
+                       entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """log p(target) [N] from final hidden states [N, C] at `temperature` (and each row's entropy [N] with
+        `entropy`), chunked so the [N, V] logits never exist at once (`minigpt.head`); what every loss uses."""
+        if self.int8_head is not None:  # an inference-only model: the plain path through its int8 head
+            logps = (self.lm_head(hidden).float() / temperature).log_softmax(-1)  # [N, V]
+            ent = -(logps.exp() * logps).sum(-1) if entropy else None
+            return logps.gather(-1, targets[:, None])[:, 0], ent
+        return token_logprobs(hidden, self.wte.weight, targets, temperature=temperature, entropy=entropy)
+
+    def summed_nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """The summed next-token cross entropy of targets [N] from final hidden states [N, C], chunked, its gradient
+        formed in the same pass (`minigpt.head.summed_nll`): the SFT / pretraining loss."""
+        if self.int8_head is not None:
+            return -self.token_logprobs(hidden, targets)[0].sum()
+        return summed_nll(hidden, self.wte.weight, targets)
 
     def forward(
         self,

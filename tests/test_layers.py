@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "minigpt"
 ORDER = ("core", "io", "inference", "train", "cli")
-CORE = {"config", "errors", "extras", "machine", "hooks", "kernels", "quantize", "model"}
+CORE = {"config", "errors", "extras", "machine", "hooks", "kernels", "head", "quantize", "model"}
 IO = {"hub", "tokenizer", "loading", "checkpoint", "template", "reward_model", "progress"}
 # The public faces: the package itself (`minigpt.GPT` is composed there) and the pre-`inference/` paths kept for
 # users. They may import anything; nothing inside the package may import them.
@@ -136,7 +136,8 @@ def test_no_import_cycles():
 def test_model_file_imports_nothing_of_loading_checkpoints_or_generation():
     """nanoGPT's habit: the model file needs torch and nothing of loading, checkpoints or generation."""
     graph = import_graph()
-    assert sorted(t for t, _ in graph["minigpt.model"]) == ["minigpt.config", "minigpt.hooks", "minigpt.kernels"]
+    assert sorted(t for t, _ in graph["minigpt.model"]) == ["minigpt.config", "minigpt.head", "minigpt.hooks",
+                                                             "minigpt.kernels"]
 
 
 def test_root_holds_only_core_io_and_faces():

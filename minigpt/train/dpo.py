@@ -66,8 +66,7 @@ def sequence_logps(model: Transformer, input_ids: Tensor, targets: Tensor) -> tu
     The LM head runs only on those positions."""
     hidden = model.features(input_ids)  # [R, T, C]
     keep = targets != IGNORE_INDEX  # [R, T]
-    logits = model.lm_head(hidden[keep]).float()  # [N, V]
-    token_logps = logits.log_softmax(-1).gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)  # [N]
+    token_logps, _ = model.token_logprobs(hidden[keep], targets[keep])  # [N], never the [N, V] logits
     rows = keep.nonzero()[:, 0]  # [N]
     sums = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device)
     return sums.index_add(0, rows, token_logps), keep.sum(-1)

@@ -106,11 +106,6 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, cliprange_va
     return 0.5 * torch.maximum(unclipped_loss, clipped_loss), clipped_loss > unclipped_loss
 
 
-def entropy_from_logps(logps: Tensor) -> Tensor:
-    """Entropy of each distribution given as log-probabilities over the last dim: [..., V] -> [...]."""
-    return -(logps.exp() * logps).sum(-1)
-
-
 def adaptive_kl_coef(beta: float, kl: float, *, target: float, n: int, horizon: int) -> float:
     """Ziegler et al. (2019): beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) n / horizon), where KL is the
     batch's mean sequence KL and n the number of rollouts in the batch."""

@@ -19,7 +19,7 @@ from ..inference.generation import decode_step, prefill, release
 from ..inference.sampling import SamplingParams, select_next
 from ..inference.text import left_pad
 from ..model import Transformer
-from .rl import entropy_from_logps, last_token_index
+from .rl import last_token_index
 
 
 @dataclass
@@ -102,11 +102,8 @@ def response_outputs(policy: Transformer, query_ids: Tensor, query_mask: Tensor,
     ids = torch.cat([query_ids, response_ids], dim=1)  # [B, Q + R]
     mask = torch.cat([query_mask.long(), keep.long()], dim=1)  # [B, Q + R]
     hidden = policy.features(ids, mask)[:, Q - 1: -1]  # [B, R, C]: the state that predicts each response token
-    logits = policy.lm_head(hidden[keep]).float()  # [N, V]
-    if temperature != 1.0:
-        logits = logits / temperature
-    all_logps = logits.log_softmax(-1)  # [N, V]
-    token_logps = all_logps.gather(-1, response_ids[keep][:, None]).squeeze(-1)  # [N]
+    token_logps, token_entropy = policy.token_logprobs(hidden[keep], response_ids[keep], temperature=temperature,
+                                                       entropy=entropy)  # [N] each, never the [N, V] logits
     zeros = torch.zeros(keep.shape, dtype=token_logps.dtype, device=token_logps.device)
     logprobs = zeros.masked_scatter(keep, token_logps)
     values = None
@@ -114,6 +111,5 @@ def response_outputs(policy: Transformer, query_ids: Tensor, query_mask: Tensor,
         values = value_head(hidden).squeeze(-1).float() * keep  # [B, R]
     entropies = None
     if entropy:  # a statistic, not trained on
-        with torch.no_grad():
-            entropies = zeros.masked_scatter(keep, entropy_from_logps(all_logps))
+        entropies = zeros.masked_scatter(keep, token_entropy)
     return ResponseOutputs(logprobs, values, entropies)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import Transformer
@@ -34,8 +33,7 @@ class ResponseLoss(nn.Module):
     def forward(self, input_ids: Tensor, targets: Tensor) -> Tensor:
         hidden = self.model.features(input_ids)  # [B, T, C]
         keep = targets != IGNORE_INDEX  # [B, T]
-        logits = self.model.lm_head(hidden[keep])  # [N, V]
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return self.model.summed_nll(hidden[keep], targets[keep])  # never the [N, V] logits at once
 
 
 @torch.no_grad()

@@ -1,0 +1,86 @@
+"""The chunked LM-head losses (`minigpt.head`) equal the plain [N, V]-logits path, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minigpt.head import chunk_rows, summed_nll, token_logprobs
+
+V = 50257  # GPT-2's vocabulary: several chunks for a few hundred rows
+
+
+def inputs(n: int, c: int = 48, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, c, generator=gen).requires_grad_()
+    weight = (torch.randn(V, c, generator=gen) * 0.2).requires_grad_()
+    targets = torch.randint(0, V, (n,), generator=gen)
+    return hidden, weight, targets
+
+
+def grads(loss: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, tensors))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_and_entropy_equal_the_plain_path_with_gradients(temperature):
+    n = 2 * chunk_rows(V) + 37  # three chunks, the last one ragged
+    hidden, weight, targets = inputs(n)
+    upstream = torch.randn(n)  # per-token weights, as PPO's and DPO's losses give
+    logps, entropy = token_logprobs(hidden, weight, targets, temperature=temperature, entropy=True)
+    plain = (hidden @ weight.t() / temperature).log_softmax(-1)  # [N, V]
+    plain_logps = plain.gather(1, targets[:, None])[:, 0]
+    torch.testing.assert_close(logps, plain_logps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, -(plain.exp() * plain).sum(-1), atol=1e-4, rtol=1e-5)
+    assert not entropy.requires_grad  # a statistic
+    got = grads((logps * upstream).sum(), hidden, weight)
+    want = grads((plain_logps * upstream).sum(), hidden, weight)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_summed_nll_equals_cross_entropy_with_gradients_scaled_by_the_upstream_gradient():
+    n = chunk_rows(V) + 5
+    hidden, weight, targets = inputs(n, seed=1)
+    loss = summed_nll(hidden, weight, targets)
+    plain = F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
+    got = grads(loss * 0.37, hidden, weight)  # the gradient formed in forward is scaled in backward
+    want = grads(plain * 0.37, hidden, weight)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
+    with torch.no_grad():
+        assert float(summed_nll(hidden, weight, targets)) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_bf16_autocast_computes_the_logits_in_bf16_like_the_plain_path():
+    hidden, weight, targets = inputs(64, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logps, _ = token_logprobs(hidden, weight, targets)
+        plain = (hidden @ weight.t()).float().log_softmax(-1).gather(1, targets[:, None])[:, 0]
+        loss = summed_nll(hidden, weight, targets)
+    torch.testing.assert_close(logps, plain, atol=1e-5, rtol=1e-5)  # the same bf16 logits, then fp32
+    assert float(loss) == pytest.approx(-float(plain.sum()), rel=1e-5)
+    exact = (hidden @ weight.t()).log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    assert 0 < float((logps - exact).abs().max()) < 0.1  # bf16 rounding, within its tolerance
+
+
+def test_a_row_does_not_depend_on_the_rows_around_it():
+    hidden, weight, targets = inputs(3 * chunk_rows(V), seed=3)
+    logps, _ = token_logprobs(hidden, weight, targets)
+    for row in (0, chunk_rows(V) + 1, len(targets) - 1):
+        alone, _ = token_logprobs(hidden[row: row + 1], weight, targets[row: row + 1])
+        assert torch.equal(alone, logps[row: row + 1])
+
+
+def test_model_summed_nll_equals_the_cross_entropy_of_its_logits():
+    from minigpt.config import GPTConfig
+    from minigpt.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(GPTConfig(n_layer=1, n_head=2, n_embd=32, n_positions=16, vocab_size=V))
+    ids = torch.randint(0, V, (3, 9))
+    hidden = model.features(ids[:, :-1]).reshape(-1, 32)
+    plain = F.cross_entropy(model(ids[:, :-1]).reshape(-1, V), ids[:, 1:].reshape(-1), reduction="sum")
+    assert float(model.summed_nll(hidden, ids[:, 1:].reshape(-1))) == pytest.approx(float(plain), rel=1e-6)
