@@ -74,6 +74,31 @@ class RewardModel(nn.Module):
         return self.score(hidden[rows, last]).squeeze(-1).float()  # [B]
 
     @torch.no_grad()
+    def score_texts(self, tokenizer, prompts: list[str], responses: list[str], *, batch_size: int = 32) -> Tensor:
+        """Rewards [B] of (prompt, response) text pairs, each row tokenized as in reward-model training: the
+        prompt text as given (already rendered with the template), the response, then EOS."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        eos = self.config.eos_token_id
+        rows = [tokenizer.encode(p) + tokenizer.encode(r) + [eos] for p, r in zip(prompts, responses)]
+        too_long = [i for i, row in enumerate(rows) if len(row) > self.config.n_positions]
+        if too_long:
+            raise ValueError(f"pair {too_long[0]} is {len(rows[too_long[0]])} tokens, over the reward model's "
+                             f"{self.config.n_positions} positions")
+        out = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i: i + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), eos, dtype=torch.long)  # [b, T] right-padded
+            mask = torch.zeros_like(ids)
+            for row, r in enumerate(chunk):
+                ids[row, : len(r)] = torch.tensor(r)
+                mask[row, : len(r)] = 1
+            device = self.transformer.device
+            out.append(self(ids.to(device), mask.to(device)).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    @torch.no_grad()
     def shift_rewards_(self, shift: float) -> None:
         """Add `shift` to every reward by moving ln_f's bias along the head's direction w: the reward is
         w . ln_f(x), so bias += shift * w / |w|^2 adds exactly `shift`, in minigpt and in transformers alike."""

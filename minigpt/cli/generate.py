@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="true: stop once num-beams hypotheses are done; false: once no running beam can "
                       "beat them (a heuristic); never: the exact bound (default: false), as transformers")
 
+    best = parser.add_argument_group("best-of-n")
+    best.add_argument("--best-of", type=int, metavar="N", help="sample N responses and print the one --reward-model "
+                      "scores highest (with --json: all N, best first, each with its reward)")
+    best.add_argument("--reward-model", help="with --best-of: a reward model directory (minigpt-reward's output); it "
+                      "reads the prompt as given (with --instruct: templated), the response, then EOS")
+
     out = parser.add_argument_group("output")
     out.add_argument("--stream", action="store_true", help="print the first sample token by token as it is made")
     out.add_argument("--json", action="store_true", help="print JSON with each sample's text and token ids")
@@ -132,6 +138,14 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError("--stream does not work with beam search (the best beam is known only at the end)")
         if args.stop:
             raise UsageError("--stop does not work with beam search")
+    if (args.best_of is None) != (args.reward_model is None):
+        raise UsageError("--best-of N and --reward-model RM go together")
+    if args.best_of is not None:
+        if args.best_of < 1:
+            raise UsageError(f"--best-of must be >= 1, got {args.best_of}")
+        if args.num_beams > 1 or args.greedy or args.num_samples != 1 or args.stream:
+            raise UsageError("--best-of samples: it does not combine with --num-beams, --greedy, --num-samples or "
+                             "--stream")
 
 
 def instruct_prompt(args: argparse.Namespace, instruction: str) -> str:
@@ -191,6 +205,22 @@ def load(args: argparse.Namespace, device: torch.device):
     return model, tokenizer
 
 
+def best_of(args: argparse.Namespace, model, tokenizer, prompt: str, params, device: torch.device) -> list:
+    """The --best-of samples, best first by the reward model (each Completion's `score` is its reward)."""
+    from ..errors import MiniGPTError
+    from ..inference.best_of import best_of_n
+    from ..reward_model import RewardModel
+
+    status(f"loading reward model {args.reward_model} ...")
+    try:
+        reward_model = RewardModel.from_pretrained(args.reward_model, device=device)
+    except (MiniGPTError, OSError) as exc:
+        raise UsageError(f"--reward-model {args.reward_model}: {exc}") from None
+    ranked = best_of_n(model, tokenizer, reward_model, prompt, args.best_of, args.max_new_tokens, params=params,
+                       seed=args.seed, stop=args.stop, context=args.context)[0]
+    return ranked if args.json else ranked[:1]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..inference.sampling import SamplingParams
     from ..inference.text import beam_completions, completion_logprobs, stream_completions
@@ -207,7 +237,10 @@ def run(args: argparse.Namespace) -> int:
         min_new_tokens=args.min_new_tokens, min_p=args.min_p, typical_p=args.typical_p,
     )
     n = args.num_samples
-    if args.num_beams > 1:
+    if args.best_of is not None:
+        events = [best_of(args, model, tokenizer, prompt, params, device)]
+        n = args.best_of if args.json else 1
+    elif args.num_beams > 1:
         early = {"true": True, "false": False, "never": "never"}[args.early_stopping]
         events = [beam_completions(model, tokenizer, prompt, args.max_new_tokens, num_beams=args.num_beams,
                                    num_return_sequences=n, length_penalty=args.length_penalty, early_stopping=early,
@@ -235,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             sample = {"sample": i, "prompt": r.prompt, "completion": r.completion, "text": r.text,
                       "prompt_ids": r.prompt_ids, "new_ids": r.new_ids, "finish_reason": r.finish_reason}
             if r.score is not None:
-                sample["score"] = r.score
+                sample["reward" if args.best_of is not None else "score"] = r.score
             if args.logprobs is not None:
                 sample["logprobs"] = completion_logprobs(model, tokenizer, r, args.logprobs)
             samples.append(sample)
