@@ -217,3 +217,54 @@ def test_datasets_forms_without_the_extra_or_offline_are_one_line(tmp_path, monk
     (tmp_path / "d.parquet").write_bytes(b"PAR1")
     with pytest.raises(MiniGPTError, match=r'pip install "minigpt\[data\]"'):
         read_jsonl(tmp_path / "d.parquet")
+
+
+@pytest.mark.slow
+def test_renamed_columns_and_conversations_train_like_the_jsonl(text_model_dir, tmp_path):
+    from minigpt.train import TrainConfig, train
+
+    records = [{"prompt": r["prompt"], "response": r["response"]} for r in synthetic_instructions(8)]
+    reference = first_step_loss(write_jsonl(tmp_path / "d.jsonl", records), tmp_path / "o0", text_model_dir)
+    renamed = write_jsonl(tmp_path / "r.jsonl", [{"question": r["prompt"], "answer": r["response"]} for r in records])
+    config = TrainConfig(data=str(renamed), out=str(tmp_path / "o1"), model=str(text_model_dir), eval_fraction=0,
+                         batch_size=4, max_steps=1, lr=1e-3, warmup_steps=0, seed=1,
+                         columns=(("prompt", "question"), ("response", "answer")))
+    assert train(config, progress=False).train_losses[0] == pytest.approx(reference, rel=1e-6)
+    chats = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]}
+             for r in records]
+    assert first_step_loss(write_jsonl(tmp_path / "c.jsonl", chats), tmp_path / "o2", text_model_dir) == \
+        pytest.approx(reference, rel=1e-6)
+
+
+def test_conversational_rows_become_minigpt_records():
+    from minigpt.train.data import normalize_row
+    from minigpt.train.preferences import parse_preference
+
+    user = {"role": "user", "content": "Name a colour."}
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello."}, user]
+    assert normalize_row({"messages": [user, {"role": "assistant", "content": "Red."}]}) == \
+        {"prompt": "Name a colour.", "response": "Red."}
+    assert normalize_row({"messages": turns + [{"role": "assistant", "content": "Red."}]})["prompt"] == \
+        "System: Be brief.\nUser: Hi\nAssistant: Hello.\nUser: Name a colour."
+    explicit = {"prompt": [user], "chosen": [{"role": "assistant", "content": "Red."}],
+                "rejected": [{"role": "assistant", "content": "Tuesday."}]}
+    implicit = {"chosen": [user, {"role": "assistant", "content": "Red."}],
+                "rejected": [user, {"role": "assistant", "content": "Tuesday."}]}
+    for row in (explicit, implicit):
+        record = parse_preference(normalize_row(row), 1)
+        assert (record.prompt, record.responses) == ("Name a colour.", ("Red.", "Tuesday."))
+    assert normalize_row({"prompt": [user]}) == {"prompt": "Name a colour."}
+
+
+def test_bad_conversations_and_missing_columns_are_named(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            {"messages": [{"role": "robot", "content": "a"}]},
+            {"chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}]
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    with pytest.raises(DataError, match=r"c.jsonl:2: messages\[0\]: role must be one of") as info:
+        read_jsonl(tmp_path / "c.jsonl")
+    assert "2 bad record(s)" in str(info.value)
+    write_jsonl(tmp_path / "r.jsonl", [{"question": "a", "answer": "b"}, {"query": "a", "answer": "b"}])
+    with pytest.raises(DataError, match=r"r.jsonl:2: no field 'question' \(given as the prompt field\)"):
+        read_jsonl(tmp_path / "r.jsonl", columns=(("prompt", "question"), ("response", "answer")))

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  minigpt-dpo --out runs/dpo --resume            # after Ctrl-C: continue exactly",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_training_arguments(parser, DPOConfig, data_help="training JSONL file of preferences")
+    add_training_arguments(parser, DPOConfig, data_help="training JSONL file of preferences",
+                           fields=("prompt", "chosen", "rejected"))
     dpo = parser.add_argument_group("DPO")
     dpo.add_argument("--beta", type=float, help="strength of the pull towards the reference; smaller = further "
                      "from it (default: 0.1)")

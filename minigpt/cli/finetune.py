@@ -22,14 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the loss on the responses only. Writes a checkpoint (hub layout: model.safetensors, config.json, vocab, "
         "prompt_template.json, plus the training state) that minigpt and transformers both load.",
         epilog="data: JSONL, one record per line: {\"prompt\": ..., \"response\": ...} or Alpaca's "
-        "{\"instruction\": ..., \"input\": ..., \"output\": ...}.\n"
+        "{\"instruction\": ..., \"input\": ..., \"output\": ...}, or TRL's {\"messages\": [{\"role\", \"content\"}, ...]} "
+        "(the last assistant message is the response). Also JSON, CSV, Parquet, save_to_disk dirs and hub ids "
+        "(ORG/NAME[:SPLIT]); other field names: --prompt-field, --response-field.\n"
         "examples:\n"
         "  minigpt-finetune --data examples/instructions.jsonl --out runs/sft --model gpt2 --epochs 3\n"
         "  minigpt-finetune --out runs/sft --resume            # after Ctrl-C: continue exactly\n"
         "  torchrun --nproc_per_node 2 scripts/finetune.py --data d.jsonl --out runs/sft   # data parallel",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_training_arguments(parser, TrainConfig, data_help="training JSONL file of demonstrations")
+    add_training_arguments(parser, TrainConfig, data_help="training JSONL file of demonstrations",
+                           fields=("prompt", "response"))
     return parser
 
 

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_training_arguments(parser, PPOConfig, data_help="JSONL file of prompts", data_flag="--prompts",
+                           fields=("prompt",),
                            help_overrides=STEP_HELP)
     ppo = parser.add_argument_group("PPO")
     reward = ppo.add_mutually_exclusive_group()

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 
 from ..train import RewardConfig, train_reward_model
 from .common import OneLineParser, UsageError, run_cli
-from .trainer import add_training_arguments, run_trainer
+from .trainer import add_training_arguments, explicit_settings, run_trainer
 
 DATA_FORMATS = ("data: JSONL, one record per line: {\"prompt\", \"chosen\", \"rejected\"} (optional \"margin\"), "
                 "{\"prompt\", \"ranked\": [best, ..., worst]}, or HH-RLHF's {\"chosen\", \"rejected\"} with the "
-                "prompt inside both (up to the last \"\\n\\nAssistant:\").")
+                "prompt inside both (up to the last \"\\n\\nAssistant:\"); TRL's conversational shape (lists of "
+                "{\"role\", \"content\"} messages) too. Also JSON, CSV, Parquet, save_to_disk dirs and hub ids "
+                "(ORG/NAME[:SPLIT]); other field names: --prompt-field etc.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  minigpt-reward --out runs/rm --resume          # after Ctrl-C: continue exactly",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_training_arguments(parser, RewardConfig, data_help="training JSONL file of preferences", out_required=False)
+    add_training_arguments(parser, RewardConfig, data_help="training JSONL file of preferences", out_required=False,
+                           fields=("prompt", "chosen", "rejected"))
     rm = parser.add_argument_group("reward model")
     rm.add_argument("--center-rewards", type=float, help="add c x mean(r^2) to the loss, keeping rewards near 0 "
                     "(TRL's center_rewards_coefficient; 0.01 is usual) (default: 0)")
@@ -59,7 +62,9 @@ def evaluate(args: argparse.Namespace) -> int:
     template = PromptTemplate.for_model(args.model, args.template)
     model = RewardModel.from_pretrained(args.model)
     max_len = args.max_len or model.config.n_positions
-    examples, report = load_preferences(args.eval_data, tokenizer, template, max_len - 1, skip_bad=bool(args.skip_bad))
+    columns = explicit_settings(args).get("columns", ())
+    examples, report = load_preferences(args.eval_data, tokenizer, template, max_len - 1, skip_bad=bool(args.skip_bad),
+                                        columns=columns)
     metrics, rewards = score_preferences(model, examples, batch_size=args.micro_batch_size or 8)
     if args.json:
         records = [{"line": e.line, "rewards": r} for e, r in zip(examples, rewards)]

@@ -37,6 +37,7 @@ OPTIMIZATION: list[tuple[str, str, type, str]] = [
     ("--save-every", "save_every", int, "also checkpoint every N steps (default: at the end and on Ctrl-C)"),
     ("--seed", "seed", int, "seed of the data order, the eval split and any new weights"),
 ]
+FIELD_EXAMPLES = {"prompt": "question", "response": "answer", "chosen": "preferred", "rejected": "dispreferred"}
 COMMON_FIELDS = ("data", "eval_data", "skip_bad", "model", "random_init", "tokenizer", "template", "device",
                  "precision", "report_to", "report_dir")
 
@@ -51,7 +52,7 @@ def with_default(text: str, config_class: type[TrainConfig], name: str) -> str:
 def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[TrainConfig], *,
                            data_help: str, out_required: bool = True, data_flag: str = "--data",
                            eval_flag: str = "--eval-data", eval_help: str = "a separate evaluation JSONL file",
-                           help_overrides: dict[str, str] | None = None) -> None:
+                           help_overrides: dict[str, str] | None = None, fields: tuple[str, ...] = ()) -> None:
     """The flags every trainer takes: data and checkpoints, the start model, optimization, running.
     `data_flag` / `eval_flag` name the data flags (PPO: --prompts; pretraining: --text, --eval-text; --data and
     --eval-data are accepted too); `help_overrides` replaces the help of optimization flags by config field name."""
@@ -66,6 +67,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[T
                     "saved settings (optimizer, schedule, data position and RNG included)")
     io.add_argument("--skip-bad", action="store_true", default=None, help="skip bad JSONL lines (reported with "
                     "their line numbers) instead of refusing the file")
+    for name in fields:  # column mapping for data whose fields are named otherwise
+        io.add_argument(f"--{name}-field", metavar="NAME", dest=f"{name}_field",
+                        help=f"the data's name for the {name!r} field (e.g. --{name}-field "
+                        f"{FIELD_EXAMPLES[name]})")
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="hub id, directory or .safetensors file to start from (default: gpt2); "
                        "with --random-init a preset name or config.json")
@@ -96,6 +101,10 @@ def explicit_settings(args: argparse.Namespace, extra_fields: tuple[str, ...] = 
     """The config fields given on the command line (None = not given)."""
     names = [name for _, name, _, _ in OPTIMIZATION] + list(COMMON_FIELDS) + list(extra_fields)
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    columns = tuple((name, getattr(args, f"{name}_field")) for name in FIELD_EXAMPLES
+                    if getattr(args, f"{name}_field", None) is not None)
+    if columns:
+        given["columns"] = columns
     return {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
 
 

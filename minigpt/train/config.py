@@ -44,6 +44,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
     report_to: tuple[str, ...] = ()  # metrics out: "tensorboard", "wandb" (minigpt.train.report)
     report_dir: str | None = None  # where their logs go; default: <out>-logs
+    columns: tuple[tuple[str, str], ...] = ()  # (minigpt's field, the data's name for it), e.g. ("prompt", "question")
 
     def check(self) -> None:
         positive = {"batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size or 1,
@@ -67,6 +68,10 @@ class TrainConfig:
         bad = sorted(set(self.report_to) - {"tensorboard", "wandb", "none"})
         if bad:
             raise TrainingError(f"report_to {', '.join(bad)}: the choices are tensorboard, wandb or none")
+        for ours, theirs in self.columns:
+            if ours not in ("prompt", "response", "chosen", "rejected") or not theirs:
+                raise TrainingError(f"columns: cannot map {ours!r} to {theirs!r} (mappable: prompt, response, chosen, "
+                                    "rejected)")
         if self.max_len is not None and self.max_len < 2:
             raise TrainingError(f"max_len must be >= 2, got {self.max_len}")
 
@@ -78,6 +83,7 @@ class TrainConfig:
         data = dict(data)
         data["betas"] = tuple(data["betas"])
         data["report_to"] = tuple(data.get("report_to", ()))
+        data["columns"] = tuple(tuple(pair) for pair in data.get("columns", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

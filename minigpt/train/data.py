@@ -79,13 +79,100 @@ def demonstration(obj: object, line: int) -> Record:
     return Record(line, *parse_record(obj))
 
 
+COLUMNS = ("prompt", "response", "chosen", "rejected")  # the fields --prompt-field etc. may rename
+ROLES = ("system", "user", "assistant")
+
+
+def rename_columns(row: object, columns: tuple[tuple[str, str], ...]) -> object:
+    """The row with each (minigpt's name, the data's name) column renamed to minigpt's; unmapped fields stay."""
+    if not columns or not isinstance(row, dict):
+        return row
+    row = dict(row)
+    for ours, theirs in columns:
+        if theirs not in row:
+            raise ValueError(f"no field {theirs!r} (given as the {ours} field); the row has "
+                             f"{', '.join(map(repr, row)) or 'no fields'}")
+        if ours != theirs:
+            row[ours] = row.pop(theirs)
+    return row
+
+
+def is_conversation(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def check_messages(messages: list, name: str) -> list[tuple[str, str]]:
+    out = []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ValueError(f"{name}[{i}]: role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"{name}[{i}]: 'content' must be a string, got {type(content).__name__}")
+        out.append((role, content))
+    return out
+
+
+def conversation_prompt(messages: list[tuple[str, str]], name: str) -> str:
+    """The instruction text of the turns before a response: the last user message, with any earlier turns
+    (system included) written before it as "Role: content" lines."""
+    if not messages or messages[-1][0] != "user":
+        raise ValueError(f"{name}: the turns before a response must end with a user message")
+    *earlier, (_, last) = messages
+    if not earlier:
+        return last
+    return "\n".join(f"{role.capitalize()}: {content}" for role, content in earlier) + f"\nUser: {last}"
+
+
+def assistant_reply(messages: list[tuple[str, str]], name: str) -> tuple[list[tuple[str, str]], str]:
+    """(the turns before it, the content of the final assistant message)."""
+    if not messages or messages[-1][0] != "assistant":
+        raise ValueError(f"{name}: a response must be a final assistant message")
+    return messages[:-1], messages[-1][1]
+
+
+def from_conversation(row: dict) -> dict:
+    """TRL's conversational shape as minigpt's strings: {"messages": [...]} -> prompt + response;
+    {"prompt": [...], "chosen": [...], "rejected": [...]} (or the prompt inside chosen/rejected) -> strings;
+    {"prompt": [...]} -> a prompt. Multi-turn history goes into the prompt as "Role: content" lines."""
+    row = dict(row)
+    if is_conversation(row.get("messages")):
+        messages = check_messages(row.pop("messages"), "messages")
+        if messages and messages[-1][0] == "assistant":
+            before, row["response"] = assistant_reply(messages, "messages")
+        else:
+            before = messages
+        row["prompt"] = conversation_prompt(before, "messages")
+        return row
+    prompt = check_messages(row["prompt"], "prompt") if is_conversation(row.get("prompt")) else None
+    for key in ("chosen", "rejected", "response"):
+        if is_conversation(row.get(key)):
+            before, row[key] = assistant_reply(check_messages(row[key], key), key)
+            if before:  # implicit prompt: the turns before the reply
+                if prompt is not None and before != prompt:
+                    raise ValueError(f"{key!r} starts with turns that differ from 'prompt'")
+                prompt = before
+    if prompt is not None:
+        row["prompt"] = conversation_prompt(prompt, "prompt")
+    return row
+
+
+def normalize_row(row: object, columns: tuple[tuple[str, str], ...] = ()) -> object:
+    """A row in minigpt's shape: columns renamed (`columns`), conversations turned into strings."""
+    row = rename_columns(row, columns)
+    if isinstance(row, dict) and any(is_conversation(v) for v in row.values()):
+        row = from_conversation(row)
+    return row
+
+
 def read_jsonl(path: str | Path, *, skip_bad: bool = False,
-               parse: Callable[[object, int], Any] = demonstration) -> tuple[list[Any], list[str]]:
+               parse: Callable[[object, int], Any] = demonstration,
+               columns: tuple[tuple[str, str], ...] = ()) -> tuple[list[Any], list[str]]:
     """Records of a data source and a list of problems, each "WHERE: what" (WHERE = FILE:LINE, FILE:ROW or
     DATASET[SPLIT]:ROW). Sources: `read_rows`.
 
     `parse(row, number)` makes one record or raises ValueError saying what is wrong (default: an instruction
-    record). A bad row (invalid JSON, or refused by `parse`: not an object, missing or non-string fields, empty
+    record), after `normalize_row` (renamed `columns`, TRL's conversational messages as strings). A bad row (invalid JSON, or refused by `parse`: not an object, missing or non-string fields, empty
     instruction or response, ...) is rejected with every problem listed (DataError), or skipped and reported
     when `skip_bad`. Blank JSONL lines are ignored. Nothing is trained before the whole source is checked.
     """
@@ -95,7 +182,7 @@ def read_jsonl(path: str | Path, *, skip_bad: bool = False,
         try:
             if isinstance(row, ValueError):
                 raise row
-            records.append(parse(row, number))
+            records.append(parse(normalize_row(row, columns), number))
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
     if problems and not skip_bad:
@@ -239,10 +326,11 @@ def tokenize_records(
 
 
 def load_examples(
-    path: str | Path, tokenizer: Tokenizer, template: PromptTemplate, max_len: int, *, skip_bad: bool = False
+    path: str | Path, tokenizer: Tokenizer, template: PromptTemplate, max_len: int, *, skip_bad: bool = False,
+    columns: tuple[tuple[str, str], ...] = (),
 ) -> tuple[list[Example], DataReport]:
     """Read, check and tokenize an instruction file; the report counts skipped, truncated and dropped records."""
-    records, problems = read_jsonl(path, skip_bad=skip_bad)
+    records, problems = read_jsonl(path, skip_bad=skip_bad, columns=columns)
     report = DataReport(records=len(records), skipped=problems)
     examples = tokenize_records(records, tokenizer, template, max_len, report)
     if not examples:

@@ -122,7 +122,8 @@ class DPO(Objective):
         self.refs: dict[str, Tensor] = {}
 
     def load_data(self, path, tokenizer, template, max_len):
-        return load_preferences(path, tokenizer, template, max_len, skip_bad=self.config.skip_bad)
+        return load_preferences(path, tokenizer, template, max_len, skip_bad=self.config.skip_bad,
+                                columns=self.config.columns)
 
     def collate(self, items, pad_id):
         return collate_preferences(items, pad_id)

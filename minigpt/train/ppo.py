@@ -187,7 +187,8 @@ class PPO(Objective):
         if budget < 1:
             raise TrainingError(f"max_new_tokens {self.config.max_new_tokens} leaves no room for a prompt in "
                                 f"{max_len} tokens")
-        return load_prompts(path, tokenizer, template, budget, skip_bad=self.config.skip_bad)
+        return load_prompts(path, tokenizer, template, budget, skip_bad=self.config.skip_bad,
+                            columns=self.config.columns)
 
     def tokens(self, item: Prompt) -> int:
         return len(item.ids)

@@ -119,9 +119,10 @@ def tokenize_preference(record: Preference, tokenizer: Tokenizer, template: Prom
 
 
 def load_preferences(path: str, tokenizer: Tokenizer, template: PromptTemplate, max_len: int, *,
-                     skip_bad: bool = False) -> tuple[list[PreferenceExample], DataReport]:
+                     skip_bad: bool = False, columns: tuple[tuple[str, str], ...] = ()
+                     ) -> tuple[list[PreferenceExample], DataReport]:
     """Read, check and tokenize a preference file (bad lines: DataError naming each FILE:LINE)."""
-    records, problems = read_jsonl(path, skip_bad=skip_bad, parse=parse_preference)
+    records, problems = read_jsonl(path, skip_bad=skip_bad, parse=parse_preference, columns=columns)
     report = DataReport(records=len(records), skipped=problems)
     examples = []
     for record in records:

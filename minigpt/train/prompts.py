@@ -48,10 +48,10 @@ def parse_prompt(obj: object, line: int) -> tuple[int, str, str]:
 
 
 def load_prompts(path: str, tokenizer: Tokenizer, template: PromptTemplate, max_prompt_len: int, *,
-                 skip_bad: bool = False) -> tuple[list[Prompt], DataReport]:
+                 skip_bad: bool = False, columns: tuple[tuple[str, str], ...] = ()) -> tuple[list[Prompt], DataReport]:
     """Read, check and tokenize a prompts file; prompts longer than `max_prompt_len` tokens are dropped
     (reported), since the response needs the rest of the context."""
-    records, problems = read_jsonl(path, skip_bad=skip_bad, parse=parse_prompt)
+    records, problems = read_jsonl(path, skip_bad=skip_bad, parse=parse_prompt, columns=columns)
     report = DataReport(records=len(records), skipped=problems)
     prompts = []
     for line, instruction, given in records:

@@ -158,7 +158,8 @@ class Reward(Objective):
 
     def load_data(self, path, tokenizer, template, max_len):
         # A reward model reads the whole row (no shifted targets), so rows hold at most max_len tokens.
-        return load_preferences(path, tokenizer, template, max_len - 1, skip_bad=self.config.skip_bad)
+        return load_preferences(path, tokenizer, template, max_len - 1, skip_bad=self.config.skip_bad,
+                                columns=self.config.columns)
 
     def collate(self, items, pad_id):
         return collate_preferences(items, pad_id)

@@ -60,7 +60,8 @@ class SFT(Objective):
     config_class = TrainConfig
 
     def load_data(self, path, tokenizer, template, max_len):
-        return load_examples(path, tokenizer, template, max_len, skip_bad=self.config.skip_bad)
+        return load_examples(path, tokenizer, template, max_len, skip_bad=self.config.skip_bad,
+                             columns=self.config.columns)
 
     def collate(self, items: list[Example], pad_id: int) -> Batch:
         return collate(items, pad_id)
