@@ -1,0 +1,103 @@
+"""InstructGPT in miniature (examples/instructgpt_mini): the task world's labelers, the report's formulas, and the
+whole pipeline shrunken to tiny sizes (CI keeps it working; the real run is the script)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples.instructgpt_mini import evaluate as ev  # noqa: E402
+from examples.instructgpt_mini.pipeline import Pipeline, Settings, calibrate_noise, unique_ranked  # noqa: E402
+from examples.instructgpt_mini.world import FAMILIES, World, pairwise_agreement, positional_credit  # noqa: E402
+
+
+def test_the_labeler_gives_full_marks_to_answers_and_less_to_mistakes():
+    world, rng = World(0), random.Random(0)
+    tasks = world.tasks(200, seed=1)
+    assert {t.family for t in tasks} == set(FAMILIES)
+    worse = 0
+    for task in tasks:
+        assert world.score(task, task.answer) == 1.0, task
+        assert world.score(task, "") == 0.0
+        assert 0.0 <= world.score(task, "lorem ipsum 12 dolor") < 1.0
+        mistake = world.demonstration(task, rng, error_rate=1.0)
+        worse += world.score(task, mistake) < 1.0
+    assert worse == len(tasks)  # every planted mistake costs something (partial credit, not always zero)
+
+
+def test_partial_credit_is_graded():
+    world = World(0)
+    sort = next(t for t in world.tasks(50, seed=2) if t.family == "sort" and len(t.answer.split()) == 4)
+    items = sort.answer.split()
+    swapped = " ".join([items[1], items[0]] + items[2:])
+    assert world.score(sort, swapped) == 0.5
+    assert positional_credit(["a", "b"], ["a", "b", "c"]) == pytest.approx(2 / 3)
+    add = next(t for t in world.tasks(50, seed=2) if t.family == "add")
+    off_by_one = str(int(add.answer) + 1)
+    assert world.score(add, off_by_one) == 0.5
+    assert world.score(add, add.answer + " is the answer") == pytest.approx(0.6)
+
+
+def test_facts_come_from_the_pretraining_text_only():
+    world = World(3)
+    text = "\n".join(world.pretraining_documents(400, seed=1))
+    for name, city in list(world.home.items())[:10]:
+        assert f"{name} lives in {city}." in text
+    assert "Q:" not in text  # the instruction format is taught by SFT, not pretraining
+
+
+def test_noise_is_calibrated_to_the_wanted_agreement():
+    rng = random.Random(0)
+    clean = [[rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for _ in range(4)] for _ in range(400)]
+    sigma = calibrate_noise(clean, 0.75, random.Random(1))
+    agree = total = 0
+    check = random.Random(2)
+    for row in clean:
+        a, n = pairwise_agreement(row, [c + check.gauss(0.0, sigma) for c in row])
+        agree, total = agree + a, total + n
+    assert agree / total == pytest.approx(0.75, abs=0.03)  # fresh draws, same sigma
+
+
+def test_report_formulas():
+    assert ev.win_rate([1.0, 0.5, 0.0], [0.5, 0.5, 1.0]) == pytest.approx(0.5)  # win, tie, loss
+    accuracy, pairs = ev.ranking_accuracy([[3.0, 1.0, 2.0]], [[1.0, 0.0, 0.0]])
+    assert (accuracy, pairs) == (1.0, 2)  # the tie between the last two is not a pair
+    assert unique_ranked(["a", "b", "a", " "], [0.1, 0.9, 0.5, 2.0]) == ["b", "a"]
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_runs_shrunken_and_resumes(tmp_path, tokenizer_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINIGPT_TOKENIZER_DIR", str(tokenizer_path))
+    settings = dataclasses.replace(
+        Settings(), documents=60, pretrain_steps=3, demonstrations=40, comparison_prompts=20, k=3, ppo_prompts=20,
+        ppo_steps=2, ppo_batch=4, hack_steps=2, segments=2, heldout=10, best_of=2, max_new_tokens=6, n_layer=1,
+        n_embd=32, n_positions=64)
+    out = tmp_path / "mini"
+    Pipeline(out, settings).run()
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert list(stages) == ["world", "pretrain", "sft", "comparisons", "reward_model", "ppo", "ppo_ptx",
+                            "ppo_beta0", "dpo", "evaluate"]
+    assert [p["step"] for p in stages["ppo"]["result"]["curve"]] == [0, 1, 2]  # stopped, scored, resumed
+    models = stages["evaluate"]["result"]["models"]
+    assert set(models) == {"pretrained", "SFT", "best-of-2", "DPO", "PPO", "PPO-ptx", "PPO beta=0"}
+    for row in models.values():
+        assert 0.0 <= row["labeler"] <= 1.0 and 0.0 <= row["win_vs_sft"] <= 1.0
+    assert models["SFT"]["win_vs_sft"] == 0.5 and models["SFT"]["kl_to_sft"] == 0.0
+    report = (out / "report.md").read_text()
+    assert "| PPO-ptx |" in report and "Reward model, held-out pairs" in report
+    from PIL import Image
+
+    with Image.open(out / "curves.png") as image:
+        assert image.size[0] > 2 * image.size[1]  # three panels side by side
+    capsys.readouterr()
+    Pipeline(out, settings).run()  # again: every stage is found done
+    assert capsys.readouterr().err.count("done before, skipped") == 10
+    with pytest.raises(SystemExit, match="other settings"):
+        Pipeline(out, dataclasses.replace(settings, seed=1))
