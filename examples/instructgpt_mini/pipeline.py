@@ -97,7 +97,9 @@ class Pipeline:
         """Run one of minigpt's CLIs (as `python -m minigpt.cli.NAME`), printing the command."""
         argv = [sys.executable, "-m", f"minigpt.cli.{command}", *args, "--device", self.s.device]
         print("  $ minigpt-" + command + " " + " ".join(args), file=sys.stderr, flush=True)
-        subprocess.run(argv, check=True)
+        if subprocess.run(argv).returncode != 0:
+            raise SystemExit(f"minigpt-{command} failed (its error is above); fix it and run the same command "
+                             "again: finished stages are kept")
 
     def path(self, name: str) -> str:
         return str(self.out / name)
@@ -149,7 +151,7 @@ class Pipeline:
         s = self.s
         self.cli("pretrain", "--text", str(self.data / "corpus"), "--doc-separator", DOC,
                  "--model", str(self.data / "model.json"), "--random-init", "--out", self.path("pretrained"),
-                 "--max-steps", str(s.pretrain_steps), "--batch-size", "16", "--block-size", "128", "--lr", "2e-3",
+                 "--max-steps", str(s.pretrain_steps), "--batch-size", "16", "--block-size", str(s.n_positions), "--lr", "2e-3",
                  "--warmup-steps", "20", "--eval-every", str(max(1, s.pretrain_steps // 4)),
                  "--seed", str(s.seed), "--quiet")
         return final_eval(self.out / "pretrained")
