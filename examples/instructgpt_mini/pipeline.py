@@ -50,7 +50,8 @@ class Settings:
     temperature: float = 0.7  # sampling for comparisons, rollouts and evaluation (and PPO's log-probs)
     max_new_tokens: int = 16
     kl_coef: float = 0.2
-    ppo_lr: float = 3e-4
+    ppo_lr: float = 1e-4
+    hack_lr: float = 3e-4  # the beta = 0 run also steps 3x harder, to over-optimise within hack_steps
     ptx_coef: float = 1.0
     dpo_beta: float = 0.5
 
@@ -117,7 +118,7 @@ class Pipeline:
         self.stage("reward_model", self.reward_model)
         self.stage("ppo", lambda: self.ppo("ppo", s.kl_coef, s.ppo_steps))
         self.stage("ppo_ptx", lambda: self.ppo("ppo_ptx", s.kl_coef, s.ppo_steps, ptx=True))
-        self.stage("ppo_beta0", lambda: self.ppo("ppo_beta0", 0.0, s.hack_steps))
+        self.stage("ppo_beta0", lambda: self.ppo("ppo_beta0", 0.0, s.hack_steps, lr=s.hack_lr))
         self.stage("dpo", self.dpo)
         results = self.stage("evaluate", self.evaluate)
         write_report(self.out, self.state, results)
@@ -210,7 +211,7 @@ class Pipeline:
         return {"accuracy_clean": clean, "accuracy_noisy": noisy, "pairs_clean": clean_pairs,
                 "pairs_noisy": noisy_pairs, "noisy_labeler_vs_clean": labeler}
 
-    def ppo(self, name: str, kl_coef: float, steps: int, *, ptx: bool = False) -> dict:
+    def ppo(self, name: str, kl_coef: float, steps: int, *, ptx: bool = False, lr: float | None = None) -> dict:
         """PPO through the API, stopped every steps/segments to score held-out samples with the labeler and the
         reward model (the curves), then resumed exactly."""
         s = self.s
@@ -218,14 +219,14 @@ class Pipeline:
         config = PPOConfig(data=str(self.data / "prompts.jsonl"), out=self.path(name), model=self.path("sft"),
                            reward_model=self.path("rm"), max_new_tokens=s.max_new_tokens,
                            temperature=s.temperature, kl_coef=kl_coef, max_steps=steps, batch_size=s.ppo_batch,
-                           lr=s.ppo_lr, eval_fraction=0.02, eval_every=steps, seed=s.seed, device=s.device,
+                           lr=lr or s.ppo_lr, eval_fraction=0.02, eval_every=steps, seed=s.seed, device=s.device,
                            **extra)
         every = max(1, steps // s.segments)
         curve = [self.checkpoint_point(self.path("sft"), 0)]
         print(f"  step 0 (SFT): labeler {curve[0]['labeler']:.3f}, reward model {curve[0]['reward']:.3f}",
               file=sys.stderr, flush=True)
         resume = (self.out / name / STATE_FILE).is_file()
-        print(f"  PPO {name}: beta {kl_coef}, {steps} steps of {s.ppo_batch} rollouts"
+        print(f"  PPO {name}: beta {kl_coef}, lr {lr or s.ppo_lr}, {steps} steps of {s.ppo_batch} rollouts"
               f"{', ptx' if ptx else ''} (minigpt.train.train_ppo)", file=sys.stderr, flush=True)
         asked: list[int] = []  # the steps where this loop asked for a stop (any other stop is the user's Ctrl-C)
 
