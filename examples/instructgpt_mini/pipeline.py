@@ -201,10 +201,12 @@ class Pipeline:
                  "--quiet")
         held = read_jsonl(self.data / "comparisons_heldout.jsonl")
         tasks = {t.prompt: t for t in self.heldout}
-        rewards = []
+        flat = ev.reward_scores(self.path("rm"), [tasks[r["prompt"]] for r in held for _ in r["responses"]],
+                                [response for r in held for response in r["responses"]])  # one load, one pass
+        rewards, start = [], 0
         for row in held:
-            rewards.append(ev.reward_scores(self.path("rm"), [tasks[row["prompt"]]] * len(row["responses"]),
-                                            row["responses"]))
+            rewards.append(flat[start: start + len(row["responses"])])
+            start += len(row["responses"])
         clean, clean_pairs = ev.ranking_accuracy(rewards, [r["clean"] for r in held])
         noisy, noisy_pairs = ev.ranking_accuracy(rewards, [r["noisy"] for r in held])
         labeler, _ = ev.ranking_accuracy([r["noisy"] for r in held], [r["clean"] for r in held])
