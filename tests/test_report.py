@@ -106,3 +106,43 @@ def test_a_missing_backend_is_one_line_and_writes_nothing(sft_data, text_model_d
     assert not (tmp_path / "b").exists()
     with pytest.raises(Exception, match="report_to mlflow"):
         train(config(sft_data, tmp_path / "c", text_model_dir, report_to=("mlflow",)), progress=False)
+
+
+TRACKIO_RUN = """
+import json, sys
+from minigpt.train import TrainConfig, train
+cfg = TrainConfig(**json.loads(sys.argv[1]))
+train(cfg, progress=False, should_stop=(lambda step: step == 2) if sys.argv[2] == "stop" else None,
+      resume=sys.argv[2] == "resume")
+"""
+
+TRACKIO_READ = """
+import json, sys
+from trackio.sqlite_storage import SQLiteStorage
+[run] = SQLiteStorage.get_runs("minigpt-test")
+print(json.dumps({"run": run, "logs": SQLiteStorage.get_logs("minigpt-test", run),
+                  "config": SQLiteStorage.get_run_config("minigpt-test", run)}, default=str))
+"""
+
+
+@pytest.mark.slow
+def test_trackio_holds_the_step_log_and_a_resumed_run_continues(sft_data, text_model_dir, tmp_path):
+    pytest.importorskip("trackio")
+    import subprocess
+
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "TRACKIO_PROJECT": "minigpt-test"}
+    out = tmp_path / "run"
+    fields = dict(data=str(sft_data), out=str(out), model=str(text_model_dir), eval_fraction=0.25, batch_size=4,
+                  micro_batch_size=2, max_steps=6, eval_every=3, lr=2e-3, warmup_steps=1, seed=3,
+                  report_to=["trackio"])
+    for phase in ("stop", "resume"):
+        subprocess.run([sys.executable, "-c", TRACKIO_RUN, json.dumps(fields), phase], env=env, check=True,
+                       timeout=300)
+    read = subprocess.run([sys.executable, "-c", TRACKIO_READ], env=env, check=True, capture_output=True, text=True,
+                          timeout=120)
+    got = json.loads(read.stdout.strip().splitlines()[-1])
+    assert got["run"].startswith("run-")  # one run across the resume
+    losses = [(row["step"], row["train/loss"]) for row in got["logs"] if row.get("train/loss") is not None]
+    assert losses == [(e["step"], pytest.approx(e["loss"], rel=1e-6)) for e in logged(out)]
+    assert [row["step"] for row in got["logs"] if row.get("eval/loss") is not None] == [0, 3, 6]
+    assert got["config"]["lr"] == 2e-3

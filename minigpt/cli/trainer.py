@@ -90,10 +90,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[T
                      help="auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     report = parser.add_argument_group("metrics out")
-    report.add_argument("--report-to", action="append", choices=["tensorboard", "wandb", "none"],
+    report.add_argument("--report-to", action="append", choices=["tensorboard", "wandb", "trackio", "none"],
                         help="also send every step's numbers and evaluations here (repeatable; optional extras: "
-                        "pip install \"minigpt[tensorboard]\" / \"minigpt[wandb]\"; W&B honours WANDB_MODE, "
-                        "WANDB_PROJECT)")
+                        "pip install \"minigpt[tensorboard]\" / \"minigpt[wandb]\" / \"minigpt[trackio]\"; "
+                        "W&B honours WANDB_MODE, WANDB_PROJECT; trackio TRACKIO_DIR, TRACKIO_PROJECT)")
     report.add_argument("--report-dir", help="where their logs go (default: OUT-logs, beside the checkpoint)")
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
-    report_to: tuple[str, ...] = ()  # metrics out: "tensorboard", "wandb" (minigpt.train.report)
+    report_to: tuple[str, ...] = ()  # metrics out: "tensorboard", "wandb", "trackio" (minigpt.train.report)
     report_dir: str | None = None  # where their logs go; default: <out>-logs
     columns: tuple[tuple[str, str], ...] = ()  # (minigpt's field, the data's name for it), e.g. ("prompt", "question")
 
@@ -65,9 +65,9 @@ class TrainConfig:
             raise TrainingError("weight_decay and grad_clip must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise TrainingError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        bad = sorted(set(self.report_to) - {"tensorboard", "wandb", "none"})
+        bad = sorted(set(self.report_to) - {"tensorboard", "wandb", "trackio", "none"})
         if bad:
-            raise TrainingError(f"report_to {', '.join(bad)}: the choices are tensorboard, wandb or none")
+            raise TrainingError(f"report_to {', '.join(bad)}: the choices are tensorboard, wandb, trackio or none")
         for ours, theirs in self.columns:
             if ours not in ("prompt", "response", "chosen", "rejected") or not theirs:
                 raise TrainingError(f"columns: cannot map {ours!r} to {theirs!r} (mappable: prompt, response, chosen, "

@@ -1,7 +1,7 @@
-"""Metrics out: every step's numbers and every evaluation to TensorBoard and/or Weights & Biases.
+"""Metrics out: every step's numbers and every evaluation to TensorBoard, Weights & Biases and/or trackio.
 
-`report_to` names the backends ("tensorboard", "wandb"; optional extras: `pip install "minigpt[tensorboard]"`,
-`"minigpt[wandb]"`). Each gets the run's config once, then `train/<name>` at every step (what train_log.jsonl
+`report_to` names the backends ("tensorboard", "wandb", "trackio"; optional extras: `pip install
+"minigpt[tensorboard]"`, `"minigpt[wandb]"`, `"minigpt[trackio]"`). Each gets the run's config once, then `train/<name>` at every step (what train_log.jsonl
 holds, plus tokens/s and the gradient norm) and `eval/<name>` at every evaluation, the step as the x-axis.
 Logs go to `report_dir` (default: `<out>-logs`, beside the checkpoint, which is replaced at every save).
 A resumed run continues the same curves: TensorBoard drops events past the resumed step, and W&B resumes the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..extras import MissingExtra
 
-BACKENDS = ("tensorboard", "wandb")
+BACKENDS = ("tensorboard", "wandb", "trackio")
 
 
 def default_report_dir(out: str | Path) -> Path:
@@ -61,6 +61,22 @@ class WandbReporter:
         self.run.finish()
 
 
+class TrackioReporter:
+    def __init__(self, config: dict, run_name: str) -> None:
+        try:
+            import trackio
+        except ImportError:
+            raise MissingExtra("--report-to trackio needs trackio: pip install \"minigpt[trackio]\"") from None
+        self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", "minigpt"), name=run_name, config=config,
+                                resume="allow", embed=False)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class Reporters:
     """The chosen backends, fed by the training loop (nothing at all when none is chosen)."""
 
@@ -74,8 +90,10 @@ class Reporters:
         for name in dict.fromkeys(b for b in backends if b != "none"):
             if name == "tensorboard":
                 self.backends.append(TensorBoardReporter(directory, config, start_step))
-            else:
+            elif name == "wandb":
                 self.backends.append(WandbReporter(directory, config, out.name, run_id))
+            else:
+                self.backends.append(TrackioReporter(config, f"{out.name}-{run_id[:8]}"))
 
     def step(self, step: int, numbers: dict[str, float]) -> None:
         self._log(step, {f"train/{k}": v for k, v in numbers.items() if k != "step" and _is_number(v)})
