@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import GPTConfig
 from .head import summed_nll, token_logprobs
@@ -155,6 +156,9 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.int8_head: nn.Module | None = None  # set by `minigpt.quantize.quantize_`: an int8 copy of the head
         self.hook_fns: dict = {}  # hook name -> functions (`minigpt.hooks`); empty: the fast path below runs
+        # Training only: keep each block's input, not its activations, and recompute them in backward
+        # (less memory for long sequences / big models, one more forward of compute).
+        self.gradient_checkpointing = False
 
     @property
     def device(self) -> torch.device:
@@ -253,6 +257,10 @@ class Transformer(nn.Module):
             return hooked_features(self, input_ids, position_ids, mask, cache, cache_slots)
 
         x = self.wte(input_ids) + self.wpe(position_ids)  # [B, T, C]
+        recompute = self.gradient_checkpointing and cache is None and torch.is_grad_enabled()
         for block in self.h:
-            x = block(x, mask, cache, cache_slots)
+            if recompute:
+                x = checkpoint(block, x, mask, use_reentrant=False)  # [B, T, C], activations recomputed in backward
+            else:
+                x = block(x, mask, cache, cache_slots)
         return self.ln_f(x)  # [B, T, C]

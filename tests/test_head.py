@@ -84,3 +84,40 @@ def test_model_summed_nll_equals_the_cross_entropy_of_its_logits():
     hidden = model.features(ids[:, :-1]).reshape(-1, 32)
     plain = F.cross_entropy(model(ids[:, :-1]).reshape(-1, V), ids[:, 1:].reshape(-1), reduction="sum")
     assert float(model.summed_nll(hidden, ids[:, 1:].reshape(-1))) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
+    """Recomputing each block's activations in backward changes memory, not numbers."""
+    from minigpt import GPT
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # a left-padded row: the attention mask goes through the checkpoint too
+    grads = []
+    for recompute in (False, True):
+        model = GPT.from_pretrained(str(tiny_dir)).train()
+        model.gradient_checkpointing = recompute
+        calls = []
+        model.h[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        logits = model(ids, mask)
+        logits.float().square().mean().backward()
+        assert len(calls) == (2 if recompute else 1)  # checkpointing runs the block again in backward
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-7, rtol=1e-5), name
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(sft_data, text_model_dir, tmp_path):
+    import json
+
+    from minigpt.train import TrainConfig, train
+
+    logs = []
+    for recompute in (False, True):
+        out = tmp_path / f"run{int(recompute)}"
+        train(TrainConfig(data=str(sft_data), out=str(out), model=str(text_model_dir), eval_fraction=0, batch_size=4,
+                          max_steps=3, lr=2e-3, warmup_steps=0, seed=3, gradient_checkpointing=recompute),
+              progress=False)
+        logs.append([json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()])
+    assert logs[0] == pytest.approx(logs[1], rel=1e-5, abs=1e-6)

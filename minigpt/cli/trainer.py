@@ -39,7 +39,7 @@ OPTIMIZATION: list[tuple[str, str, type, str]] = [
 ]
 FIELD_EXAMPLES = {"prompt": "question", "response": "answer", "chosen": "preferred", "rejected": "dispreferred"}
 COMMON_FIELDS = ("data", "eval_data", "skip_bad", "model", "random_init", "tokenizer", "template", "device",
-                 "precision", "report_to", "report_dir")
+                 "precision", "gradient_checkpointing", "report_to", "report_dir")
 
 
 def with_default(text: str, config_class: type[TrainConfig], name: str) -> str:
@@ -88,6 +88,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_class: type[T
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
     run.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                      help="auto = bf16 autocast on CUDA, fp32 on CPU (default: auto)")
+    run.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                     help="keep only each block's input and recompute its activations in backward: less memory "
+                     "for long sequences and big models, about a third more compute; results unchanged")
     run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     report = parser.add_argument_group("metrics out")
     report.add_argument("--report-to", action="append", choices=["tensorboard", "wandb", "trackio", "none"],

@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
+    gradient_checkpointing: bool = False  # recompute each block's activations in backward (memory for compute)
     report_to: tuple[str, ...] = ()  # metrics out: "tensorboard", "wandb", "trackio" (minigpt.train.report)
     report_dir: str | None = None  # where their logs go; default: <out>-logs
     columns: tuple[tuple[str, str], ...] = ()  # (minigpt's field, the data's name for it), e.g. ("prompt", "question")

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..model import Transformer
 from ..progress import Progress, format_duration
 from ..tokenizer import Tokenizer
 from .config import TrainConfig, TrainingError
@@ -175,6 +176,9 @@ class Run:
             self.train_set, self.eval_set = objective.split_eval(items, config.eval_fraction, config.seed)
         self.model = objective.load_model(source, resumed=resumed, model_config=model_config)
         self.model.to(self.device).train()
+        for module in self.model.modules():  # the policy, a value or reward model: each Transformer inside
+            if isinstance(module, Transformer):
+                module.gradient_checkpointing = config.gradient_checkpointing
         for problem in self.report.skipped[:20]:
             self.log(f"skipped {problem}")
         if len(self.report.skipped) > 20:

@@ -19,7 +19,8 @@ STATE_FILE = "trainer_state.json"
 TENSOR_STATE_FILE = "training_state.safetensors"
 STATE_FORMAT = 1
 # Settings that may differ when resuming: they do not change what is computed.
-RESUME_MAY_CHANGE = frozenset({"device", "eval_every", "save_every", "report_to", "report_dir"})
+RESUME_MAY_CHANGE = frozenset({"device", "eval_every", "save_every", "report_to", "report_dir",
+                               "gradient_checkpointing"})
 
 
 def file_sha256(path: str | Path) -> str:
