@@ -53,6 +53,19 @@ def test_facts_come_from_the_pretraining_text_only():
     assert "Q:" not in text  # the instruction format is taught by SFT, not pretraining
 
 
+def test_every_phrasing_of_a_fact_question_is_judged_by_the_same_fact():
+    world = World(0)
+    facts = [t for t in world.tasks(96, seed=5) if t.family == "fact"]
+    assert len({t.prompt for t in facts}) == len(facts) > 12  # distinct prompts: the phrasings multiply them
+    for task in facts:
+        name, truth = task.answer.split()[0], task.answer.split()[-1].rstrip(".")
+        assert truth in (world.home[name], world.pet[name])
+        assert world.score(task, task.answer) == 1.0
+        wrong = task.answer.replace(truth, "Oslo" if truth != "Oslo" and truth == world.home[name] else "goat")
+        if wrong != task.answer:
+            assert world.score(task, wrong) < 0.5
+
+
 def test_noise_is_calibrated_to_the_wanted_agreement():
     rng = random.Random(0)
     clean = [[rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for _ in range(4)] for _ in range(400)]

@@ -3,14 +3,18 @@ labelers (a clean one that scores, a noisy one that ranks).
 
 Five small task families, each with partial credit, so a reward model has something graded to learn:
 
-- add:     "What is 7 plus 5?"                 -> "12"
-- fact:    "Where does Anna live?"             -> "Anna lives in Rome."   (facts stated only in pretraining text)
-- reverse: "Reverse: cat red dog"              -> "dog red cat"
-- sort:    "Sort: 42 7 19"                     -> "7 19 42"
+- add:     "What is 7 plus 5?"                 -> "12"      (numbers up to ADD_MAX)
+- fact:    "Where does Anna live?"             -> "Anna lives in Rome."   (facts stated only in pretraining text,
+           asked in three phrasings each)
+- reverse: "Reverse: cup sun box"              -> "box sun cup"
+- sort:    "Sort: 22 7 19"                     -> "7 19 22"  (numbers up to SORT_MAX)
 - list:    "Name 3 colors, starting with red." -> "red blue green"
 
-Everything is drawn from one `random.Random(seed)`; the facts (who lives where, who owns which pet) are the
-world's own, so nothing here comes from GPT-2's real training data.
+The world is small on purpose (16 people, 6 cities, 6 pets, sums of one-digit numbers): a 4-layer, 128-wide model
+pretrained for ~6 minutes on a CPU learns all 32 facts and most sums, so its samples are right often enough, and
+wrong in ways a reward model of its own size can tell apart. Everything is drawn from one `random.Random(seed)`;
+the facts (who lives where, who owns which pet) are the world's own, so nothing here comes from GPT-2's real
+training data.
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ import re
 from dataclasses import dataclass
 
 NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jack", "Kate", "Leo", "Mia",
-         "Noah", "Olga", "Paul", "Rosa", "Sam", "Tina", "Victor", "Wendy", "Yuri", "Zoe", "Adam", "Bella", "Carl",
-         "Dora", "Eric", "Fiona", "George", "Helen", "Ivan", "Julia", "Karl", "Lena", "Max", "Nina", "Oscar",
-         "Petra", "Quinn", "Rita", "Simon", "Tom", "Uma", "Vera", "Walter", "Xenia", "Yara"]
-CITIES = ["Rome", "Paris", "Berlin", "Madrid", "Vienna", "Oslo", "Lisbon", "Prague", "Dublin", "Athens"]
-PETS = ["cat", "dog", "horse", "rabbit", "parrot", "turtle", "goat", "hamster"]
+         "Noah", "Olga", "Paul"]
+CITIES = ["Rome", "Paris", "Berlin", "Madrid", "Vienna", "Oslo"]
+PETS = ["cat", "dog", "horse", "rabbit", "parrot", "goat"]
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "orange", "purple"]
-WORDS = ["cat", "dog", "sun", "tree", "red", "blue", "cup", "hat", "box", "pen", "car", "fish", "moon", "book"]
+WORDS = ["sun", "tree", "cup", "hat", "box", "pen", "car", "fish", "moon", "book"]
+ADD_MAX = 9  # sums of two numbers up to this
+SORT_MAX = 30  # numbers to sort are drawn from 1..SORT_MAX
 LISTS = {"colors": COLORS, "pets": PETS, "cities": CITIES}
+HOME_QUESTIONS = ("Where does {name} live?", "In which city does {name} live?", "What city is {name} from?")
+PET_QUESTIONS = ("What pet does {name} have?", "Which animal does {name} keep?", "What animal does {name} own?")
 FAMILIES = ("add", "fact", "reverse", "sort", "list")
 NUMBER = re.compile(r"-?\d+")
 
@@ -54,18 +60,19 @@ class World:
     def task(self, rng: random.Random, family: str | None = None) -> Task:
         family = family or rng.choice(FAMILIES)
         if family == "add":
-            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            a, b = rng.randint(0, ADD_MAX), rng.randint(0, ADD_MAX)
             return Task(family, f"What is {a} plus {b}?", str(a + b))
         if family == "fact":
             name = rng.choice(NAMES)
             if rng.random() < 0.5:
-                return Task(family, f"Where does {name} live?", f"{name} lives in {self.home[name]}.")
-            return Task(family, f"What pet does {name} have?", f"{name} has a {self.pet[name]}.")
+                question = rng.choice(HOME_QUESTIONS).format(name=name)
+                return Task(family, question, f"{name} lives in {self.home[name]}.")
+            return Task(family, rng.choice(PET_QUESTIONS).format(name=name), f"{name} has a {self.pet[name]}.")
         if family == "reverse":
-            words = rng.sample(WORDS, rng.randint(3, 5))
+            words = rng.sample(WORDS, rng.randint(3, 4))
             return Task(family, "Reverse: " + " ".join(words), " ".join(reversed(words)))
         if family == "sort":
-            numbers = rng.sample(range(1, 100), rng.randint(3, 5))
+            numbers = rng.sample(range(1, SORT_MAX + 1), rng.randint(3, 4))
             return Task(family, "Sort: " + " ".join(map(str, numbers)), " ".join(map(str, sorted(numbers))))
         n, kind = rng.randint(2, 5), rng.choice(sorted(LISTS))
         items = rng.sample(LISTS[kind], n)
@@ -101,7 +108,7 @@ class World:
             return credit * (1.0 if response == numbers[0] else 0.6)  # extra words cost
         if task.family == "fact":
             truth = task.answer.split()[-1].rstrip(".")
-            pool = CITIES if "live" in task.prompt else PETS
+            pool = CITIES if truth in CITIES else PETS
             said = [w for w in re.findall(r"[A-Za-z]+", response) if w in pool]
             subject = task.answer.split()[0]
             form = 0.2 * response.startswith(subject) + 0.1 * response.endswith(".")
@@ -137,13 +144,13 @@ class World:
         if kind == 1:
             return f"{name} has a {self.pet[name]}."
         if kind == 2:
-            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            a, b = rng.randint(0, ADD_MAX), rng.randint(0, ADD_MAX)
             return f"{a} plus {b} is {a + b}."
         if kind == 3:
-            words = rng.sample(WORDS, rng.randint(3, 5))
+            words = rng.sample(WORDS, rng.randint(3, 4))
             return f"The words {' '.join(words)} backwards are {' '.join(reversed(words))}."
         if kind == 4:
-            numbers = rng.sample(range(1, 100), rng.randint(3, 5))
+            numbers = rng.sample(range(1, SORT_MAX + 1), rng.randint(3, 4))
             return f"The numbers {' '.join(map(str, numbers))} in order are {' '.join(map(str, sorted(numbers)))}."
         n, kind = rng.randint(2, 5), rng.choice(sorted(LISTS))
         return f"Here are {n} {kind}: {' '.join(rng.sample(LISTS[kind], n))}."
@@ -155,7 +162,7 @@ class World:
         if task.family == "add":
             return str(int(task.answer) + rng.choice([-2, -1, 1, 2]))
         if task.family == "fact":
-            pool = CITIES if "live" in task.prompt else PETS
+            pool = CITIES if task.answer.endswith(tuple(c + "." for c in CITIES)) else PETS
             wrong = rng.choice([x for x in pool if x not in task.answer])
             return " ".join(task.answer.split()[:-1] + [wrong + "."])
         words = task.answer.split()
