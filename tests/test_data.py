@@ -219,6 +219,25 @@ def test_datasets_forms_without_the_extra_or_offline_are_one_line(tmp_path, monk
         read_jsonl(tmp_path / "d.parquet")
 
 
+def test_hub_ids_carry_revision_subset_and_split_to_datasets(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from minigpt.train.data import parse_dataset_id
+
+    assert parse_dataset_id("org/set") == ("org/set", None, None, "train")
+    assert parse_dataset_id("org/set:test") == ("org/set", None, None, "test")
+    assert parse_dataset_id("org/set@v1.0:sub:validation") == ("org/set", "v1.0", "sub", "validation")
+    calls = []
+
+    def fake_load_dataset(name, subset=None, *, split, revision):
+        calls.append((name, subset, split, revision))
+        return [{"prompt": "a", "response": "b"}, {"prompt": "c"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(DataError, match=r"org/set@main\[validation\]:2: "):  # rows are named by id and split
+        read_jsonl("org/set@main:sub:validation")
+    assert calls == [("org/set", "sub", "validation", "main")]
+
+
 @pytest.mark.slow
 def test_renamed_columns_and_conversations_train_like_the_jsonl(text_model_dir, tmp_path):
     from minigpt.train import TrainConfig, train

@@ -198,17 +198,17 @@ def read_rows(source: str | Path) -> Iterator[tuple[str, int, object]]:
 
     JSONL (one JSON value per line; the default), a `.json` file holding one array, `.csv` with a header row
     (each row a dict of strings; an empty cell is an absent field), and through the optional `datasets` package (`pip install "minigpt[data]"`)
-    `.parquet`, a directory written by `Dataset.save_to_disk`, or a hub dataset id `ID` / `ID:SPLIT` (split
-    `train` by default; offline, from the datasets cache)."""
+    `.parquet`, a directory written by `Dataset.save_to_disk`, or a hub dataset id `ID[@REVISION][:SUBSET]:SPLIT`
+    or `ID` (split `train` by default; offline, from the datasets cache)."""
     path = Path(source).expanduser()
     if path.is_dir():
         yield from _dataset_rows(str(source), lambda datasets: _from_disk(datasets, path))
         return
     if not path.is_file():
         if _looks_like_dataset_id(str(source)):
-            name, _, split = str(source).partition(":")
-            yield from _dataset_rows(f"{name}[{split or 'train'}]",
-                                     lambda datasets: datasets.load_dataset(name, split=split or "train"))
+            name, revision, subset, split = parse_dataset_id(str(source))
+            yield from _dataset_rows(f"{str(source).partition(':')[0]}[{split}]", lambda datasets: datasets.load_dataset(
+                name, subset, split=split, revision=revision))
             return
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
@@ -241,7 +241,18 @@ def read_rows(source: str | Path) -> Iterator[tuple[str, int, object]]:
 
 
 def _looks_like_dataset_id(text: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", text)) and not text.endswith((".jsonl", ".json", ".csv"))
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?(:[\w.-]+){0,2}", text)) \
+        and not text.endswith((".jsonl", ".json", ".csv"))
+
+
+def parse_dataset_id(text: str) -> tuple[str, str | None, str | None, str]:
+    """`ORG/NAME[@REVISION][:SUBSET]:SPLIT` (or `ORG/NAME[@REVISION]`, split train) -> (id, revision, subset,
+    split): `Anthropic/hh-rlhf:test`, `HuggingFaceH4/ultrafeedback_binarized:train_prefs`,
+    `allenai/tulu-3-sft-mixture@main:train`, `nyu-mll/glue:mrpc:validation`."""
+    head, *rest = text.split(":")
+    name, _, revision = head.partition("@")
+    subset, split = (None, rest[0]) if len(rest) == 1 else (rest[0], rest[1]) if rest else (None, "train")
+    return name, revision or None, subset, split
 
 
 def _from_disk(datasets, path: Path):
