@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
 
 from ..errors import MiniGPTError
 from ..extras import MissingExtra
@@ -117,9 +116,10 @@ class MinigptLM(TemplateLM):
         for _, context, continuation in requests:
             if not context or not continuation:
                 raise MiniGPTError("lm-eval sent an empty context or continuation")
-            whole = (context + continuation)[-(self.max_length + 1):]
-            inputs.append(whole[:-1])
-            targets.append(continuation[-len(whole[:-1]):] if len(continuation) > len(whole) - 1 else continuation)
+            if len(continuation) > self.max_length:
+                raise MiniGPTError(f"a continuation of {len(continuation)} tokens exceeds max_length {self.max_length}")
+            inputs.append((context + continuation)[-(self.max_length + 1):-1])  # as lm-eval's hf model
+            targets.append(continuation)
         order = sorted(range(len(requests)), key=lambda i: (-len(inputs[i]), inputs[i]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for start in range(0, len(order), self.batch_size):
@@ -220,14 +220,6 @@ def cut(text: str, stops: Sequence[str]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text
-
-
-def loglikelihoods(model: MinigptLM, pairs: list[tuple[str, str]]) -> Tensor:
-    """log p(continuation | context) for (context, continuation) pairs, through lm-eval's request path."""
-    from lm_eval.api.instance import Instance
-
-    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
-    return torch.tensor([score for score, _ in model.loglikelihood(requests, disable_tqdm=True)])
 
 
 def evaluate(model: MinigptLM, tasks: list[str], *, include_path: str | None = None, num_fewshot: int | None = None,
