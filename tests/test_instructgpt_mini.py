@@ -34,15 +34,18 @@ def test_the_labeler_gives_full_marks_to_answers_and_less_to_mistakes():
 
 def test_partial_credit_is_graded():
     world = World(0)
-    sort = next(t for t in world.tasks(50, seed=2) if t.family == "sort" and len(t.answer.split()) == 4)
-    items = sort.answer.split()
-    swapped = " ".join([items[1], items[0]] + items[2:])
-    assert world.score(sort, swapped) == 0.5
+    tasks = world.tasks(60, seed=2)
+    count = next(t for t in tasks if t.family == "count" and len(t.answer.split()) == 4)
+    first, second, *rest = count.answer.split()
+    assert world.score(count, " ".join([second, first] + rest)) == 0.5  # two of four positions right
     assert positional_credit(["a", "b"], ["a", "b", "c"]) == pytest.approx(2 / 3)
-    add = next(t for t in world.tasks(50, seed=2) if t.family == "add")
-    off_by_one = str(int(add.answer) + 1)
-    assert world.score(add, off_by_one) == 0.5
-    assert world.score(add, add.answer + " is the answer") == pytest.approx(0.6)
+    repeat = next(t for t in tasks if t.family == "repeat" and len(t.answer.split()) == 4)
+    word = repeat.answer.split()[0]
+    assert world.score(repeat, " ".join([word] * 3)) == pytest.approx(0.75 - 0.25)  # one short: 3/4, minus 0.25
+    assert world.score(repeat, " ".join([word] * 5)) == pytest.approx(0.75)  # one too many
+    listing = next(t for t in tasks if t.family == "list" and len(t.answer.split()) == 3)
+    items = listing.answer.split()
+    assert world.score(listing, " ".join(items[1:] + items[:1])) == pytest.approx(0.7)  # wrong start
 
 
 def test_facts_come_from_the_pretraining_text_only():
@@ -53,10 +56,10 @@ def test_facts_come_from_the_pretraining_text_only():
     assert "Q:" not in text  # the instruction format is taught by SFT, not pretraining
 
 
-def test_every_phrasing_of_a_fact_question_is_judged_by_the_same_fact():
+def test_fact_questions_are_judged_by_the_world_s_facts():
     world = World(0)
     facts = [t for t in world.tasks(96, seed=5) if t.family == "fact"]
-    assert len({t.prompt for t in facts}) == len(facts) > 12  # distinct prompts: the phrasings multiply them
+    assert len({t.prompt for t in facts}) == len(facts) > 12
     for task in facts:
         name, truth = task.answer.split()[0], task.answer.split()[-1].rstrip(".")
         assert truth in (world.home[name], world.pet[name])
@@ -80,6 +83,8 @@ def test_noise_is_calibrated_to_the_wanted_agreement():
 
 def test_report_formulas():
     assert ev.win_rate([1.0, 0.5, 0.0], [0.5, 0.5, 1.0]) == pytest.approx(0.5)  # win, tie, loss
+    mean, se = ev.paired_difference([1.0, 0.5, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5])  # differences .5 0 -.5 .5
+    assert mean == pytest.approx(0.125) and se == pytest.approx((((0.375 ** 2) * 2 + 0.125 ** 2 + 0.625 ** 2) / 3 / 4) ** 0.5)
     accuracy, pairs = ev.ranking_accuracy([[3.0, 1.0, 2.0]], [[1.0, 0.0, 0.0]])
     assert (accuracy, pairs) == (1.0, 2)  # the tie between the last two is not a pair
     assert unique_ranked(["a", "b", "a", " "], [0.1, 0.9, 0.5, 2.0]) == ["b", "a"]

@@ -115,6 +115,14 @@ def win_rate(scores: list[float], baseline: list[float]) -> float:
     return wins / len(scores)
 
 
+def paired_difference(scores: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Mean of scores - baseline over the same prompts, and its standard error (sd of the differences / sqrt n)."""
+    diffs = [a - b for a, b in zip(scores, baseline)]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
+    return mean, (var / len(diffs)) ** 0.5
+
+
 def ranking_accuracy(rewards: list[list[float]], labels: list[list[float]]) -> tuple[float, int]:
     """Share of response pairs (within a prompt, labels differing) that the rewards order as the labels do."""
     right = total = 0

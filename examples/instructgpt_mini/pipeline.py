@@ -38,20 +38,20 @@ class Settings:
     demonstrations: int = 2500  # SFT records (noisy on purpose)
     demo_error_rate: float = 0.3  # share of demonstrations with a plausible mistake
     sft_epochs: float = 6
-    comparison_prompts: int = 1500  # prompts ranked for the reward model
+    comparison_prompts: int = 3000  # prompts ranked for the reward model (more helped more than more epochs)
     k: int = 4  # responses ranked per prompt (InstructGPT: 4 to 9)
     labeler_agreement: float = 0.75  # the noisy labeler agrees with the clean one on this share of pairs
     ppo_prompts: int = 2000
     ppo_steps: int = 100
     ppo_batch: int = 32
-    hack_steps: int = 100  # the beta = 0 run
+    hack_steps: int = 60  # the beta = 0 run
     segments: int = 5  # labeler checkpoints along each PPO run
-    heldout: int = 200  # held-out prompts for the table (40 per family)
+    heldout: int = 160  # held-out prompts for the table (40 per family)
     best_of: int = 8
     temperature: float = 0.7  # sampling for comparisons, rollouts and evaluation (and PPO's log-probs)
     max_new_tokens: int = 16
     kl_coef: float = 0.2
-    ppo_lr: float = 1e-4
+    ppo_lr: float = 2e-4
     hack_lr: float = 3e-4  # the beta = 0 run also steps 3x harder, to over-optimise within hack_steps
     ptx_coef: float = 1.0
     dpo_beta: float = 0.5
@@ -274,7 +274,7 @@ class Pipeline:
     def dpo(self) -> dict:
         s = self.s
         self.cli("dpo", "--data", str(self.data / "comparisons.jsonl"), "--model", self.path("sft"),
-                 "--out", self.path("dpo"), "--epochs", "1", "--batch-size", "16", "--lr", "5e-4", "--beta",
+                 "--out", self.path("dpo"), "--epochs", "1", "--batch-size", "16", "--lr", "2e-4", "--beta",
                  str(s.dpo_beta), "--eval-fraction", "0.1", "--seed", str(s.seed), "--quiet")
         return final_eval(self.out / "dpo")
 
@@ -295,7 +295,9 @@ class Pipeline:
             rewards = ev.reward_scores(self.path("rm"), self.heldout, got.responses)
             kl = mean_kl(path, self.path("sft"), self.heldout, got.responses, s.temperature) \
                 if name not in ("pretrained", f"best-of-{s.best_of}") else None
+            diff, diff_se = ev.paired_difference(got.scores, sft)
             rows[name] = {"labeler": got.mean, "win_vs_sft": ev.win_rate(got.scores, sft),
+                          "minus_sft": diff, "minus_sft_se": diff_se, "scores": got.scores,
                           "reward": sum(rewards) / len(rewards), "kl_to_sft": kl,
                           "by_family": by_family(self.heldout, got.scores),
                           "examples": [{"prompt": t.prompt, "response": r, "score": sc}

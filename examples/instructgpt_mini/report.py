@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .world import FAMILIES
+
 ORDER = ("pretrained", "SFT", "best-of-", "DPO", "PPO", "PPO-ptx", "PPO beta=0")
 
 
@@ -22,13 +24,15 @@ def ordered(models: dict) -> list[str]:
 
 
 def table(models: dict) -> str:
-    rows = ["| model | labeler score (held-out) | win rate vs SFT | reward model | KL to SFT (nats/response) | "
-            "add | fact | reverse | sort | list |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | labeler score (held-out) | minus SFT (± paired SE) | win rate vs SFT | reward model | "
+            "KL to SFT (nats/response) | " + " | ".join(FAMILIES) + " |", "|---|---|---|---|---|---|" + "---|" * len(FAMILIES)]
     for name in ordered(models):
         m = models[name]
         kl = "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}"
-        fam = " | ".join(f"{m['by_family'].get(f, float('nan')):.2f}" for f in ("add", "fact", "reverse", "sort", "list"))
-        rows.append(f"| {name} | {m['labeler']:.3f} | {m['win_vs_sft']:.2f} | {m['reward']:+.2f} | {kl} | {fam} |")
+        fam = " | ".join(f"{m['by_family'].get(f, float('nan')):.2f}" for f in FAMILIES)
+        diff = f"{m['minus_sft']:+.3f} ± {m['minus_sft_se']:.3f}" if "minus_sft" in m else "-"
+        rows.append(f"| {name} | {m['labeler']:.3f} | {diff} | {m['win_vs_sft']:.3f} | {m['reward']:+.2f} | {kl} | "
+                    f"{fam} |")
     return "\n".join(rows)
 
 

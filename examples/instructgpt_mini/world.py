@@ -1,18 +1,18 @@
 """The task world: instructions a program can judge, the text a model is pretrained on, demonstrations, and the
 labelers (a clean one that scores, a noisy one that ranks).
 
-Five small task families, each with partial credit, so a reward model has something graded to learn:
+Four small task families, each with partial credit, so a reward model has something graded to learn:
 
-- add:     "What is 7 plus 5?"                 -> "12"      (numbers up to ADD_MAX)
-- fact:    "Where does Anna live?"             -> "Anna lives in Rome."   (facts stated only in pretraining text,
-           asked in three phrasings each)
-- reverse: "Reverse: cup sun box"              -> "box sun cup"
-- sort:    "Sort: 22 7 19"                     -> "7 19 22"  (numbers up to SORT_MAX)
-- list:    "Name 3 colors, starting with red." -> "red blue green"
+- fact:    "Where does Anna live?"             -> "Anna lives in Rome."   (facts stated only in pretraining text)
+- list:    "Name 3 colors, starting with red." -> "red blue green"        (valid, distinct, the count, the start)
+- repeat:  "Say cup 3 times."                  -> "cup cup cup"           (the word, the count)
+- count:   "Count from 7 to 10."               -> "7 8 9 10"              (the share of positions right)
 
-The world is small on purpose (16 people, 6 cities, 6 pets, sums of one-digit numbers): a 4-layer, 128-wide model
-pretrained for ~6 minutes on a CPU learns all 32 facts and most sums, so its samples are right often enough, and
-wrong in ways a reward model of its own size can tell apart. Everything is drawn from one `random.Random(seed)`;
+Chosen so that a reward model as small as the policy can judge them: recall, counting, copying a word. An earlier
+world with arithmetic, sorting and reversing (the git history of this file) gave a reward model at chance on
+those three, and neither best-of-8 nor PPO could beat SFT with it (docs/instructgpt-mini.md). The world is small
+(30 people, 6 cities, 6 pets) so a 4-layer, 128-wide model pretrained for ~7 minutes on a CPU learns its facts.
+Everything is drawn from one `random.Random(seed)`;
 the facts (who lives where, who owns which pet) are the world's own, so nothing here comes from GPT-2's real
 training data.
 """
@@ -24,17 +24,16 @@ import re
 from dataclasses import dataclass
 
 NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jack", "Kate", "Leo", "Mia",
-         "Noah", "Olga", "Paul"]
+         "Noah", "Olga", "Paul", "Rosa", "Sam", "Tina", "Victor", "Wendy", "Yuri", "Zoe", "Adam", "Bella", "Carl",
+         "Dora", "Eric", "Fiona", "George"]
 CITIES = ["Rome", "Paris", "Berlin", "Madrid", "Vienna", "Oslo"]
 PETS = ["cat", "dog", "horse", "rabbit", "parrot", "goat"]
-COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "orange", "purple"]
-WORDS = ["sun", "tree", "cup", "hat", "box", "pen", "car", "fish", "moon", "book"]
-ADD_MAX = 9  # sums of two numbers up to this
-SORT_MAX = 30  # numbers to sort are drawn from 1..SORT_MAX
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown"]
+WORDS = ["sun", "tree", "cup", "hat", "box", "pen", "car", "fish", "moon", "book", "ball", "door", "lamp", "bird",
+         "milk", "rain"]
+COUNT_FROM = 20  # counting tasks start at 1..COUNT_FROM
 LISTS = {"colors": COLORS, "pets": PETS, "cities": CITIES}
-HOME_QUESTIONS = ("Where does {name} live?", "In which city does {name} live?", "What city is {name} from?")
-PET_QUESTIONS = ("What pet does {name} have?", "Which animal does {name} keep?", "What animal does {name} own?")
-FAMILIES = ("add", "fact", "reverse", "sort", "list")
+FAMILIES = ("fact", "list", "repeat", "count")
 NUMBER = re.compile(r"-?\d+")
 
 
@@ -59,24 +58,20 @@ class World:
 
     def task(self, rng: random.Random, family: str | None = None) -> Task:
         family = family or rng.choice(FAMILIES)
-        if family == "add":
-            a, b = rng.randint(0, ADD_MAX), rng.randint(0, ADD_MAX)
-            return Task(family, f"What is {a} plus {b}?", str(a + b))
         if family == "fact":
             name = rng.choice(NAMES)
             if rng.random() < 0.5:
-                question = rng.choice(HOME_QUESTIONS).format(name=name)
-                return Task(family, question, f"{name} lives in {self.home[name]}.")
-            return Task(family, rng.choice(PET_QUESTIONS).format(name=name), f"{name} has a {self.pet[name]}.")
-        if family == "reverse":
-            words = rng.sample(WORDS, rng.randint(3, 4))
-            return Task(family, "Reverse: " + " ".join(words), " ".join(reversed(words)))
-        if family == "sort":
-            numbers = rng.sample(range(1, SORT_MAX + 1), rng.randint(3, 4))
-            return Task(family, "Sort: " + " ".join(map(str, numbers)), " ".join(map(str, sorted(numbers))))
-        n, kind = rng.randint(2, 5), rng.choice(sorted(LISTS))
-        items = rng.sample(LISTS[kind], n)
-        return Task("list", f"Name {n} {kind}, starting with {items[0]}.", " ".join(items))
+                return Task(family, f"Where does {name} live?", f"{name} lives in {self.home[name]}.")
+            return Task(family, f"What pet does {name} have?", f"{name} has a {self.pet[name]}.")
+        if family == "list":
+            n, kind = rng.randint(2, 5), rng.choice(sorted(LISTS))
+            items = rng.sample(LISTS[kind], n)
+            return Task(family, f"Name {n} {kind}, starting with {items[0]}.", " ".join(items))
+        if family == "repeat":
+            n, word = rng.randint(2, 6), rng.choice(WORDS)
+            return Task(family, f"Say {word} {n} times.", " ".join([word] * n))
+        start, n = rng.randint(1, COUNT_FROM), rng.randint(2, 6)
+        return Task("count", f"Count from {start} to {start + n - 1}.", " ".join(map(str, range(start, start + n))))
 
     def tasks(self, count: int, seed: int, exclude: set[str] = frozenset(), distinct: bool = True) -> list[Task]:
         """`count` prompts drawn with `seed`, families in turn, none of `exclude`; all different if `distinct`
@@ -99,13 +94,6 @@ class World:
     def score(self, task: Task, response: str) -> float:
         """How good `response` is for `task`, in [0, 1], with partial credit (the program that plays the labeler)."""
         response = response.strip()
-        if task.family == "add":
-            numbers = NUMBER.findall(response)
-            if not numbers:
-                return 0.0
-            miss = abs(int(numbers[0]) - int(task.answer))
-            credit = {0: 1.0, 1: 0.5, 2: 0.25}.get(miss, 0.0)
-            return credit * (1.0 if response == numbers[0] else 0.6)  # extra words cost
         if task.family == "fact":
             truth = task.answer.split()[-1].rstrip(".")
             pool = CITIES if truth in CITIES else PETS
@@ -115,15 +103,17 @@ class World:
             if said == [truth]:
                 return min(1.0, 0.7 + form)
             return form if len(said) == 1 else 0.0
-        if task.family in ("reverse", "sort"):
-            return positional_credit(task.answer.split(), response.split())
-        n = int(NUMBER.findall(task.prompt)[0])
-        pool = LISTS[task.prompt.split()[2].rstrip(",")]
         words = response.replace(",", " ").split()
-        valid = len({w for w in words if w in pool})
-        first = task.answer.split()[0]
-        credit = min(valid, n) / n * (1.0 if words[:1] == [first] else 0.7)
-        return max(0.0, credit - 0.25 * abs(len(words) - n))
+        want = task.answer.split()
+        if task.family == "list":
+            pool = LISTS[task.prompt.split()[2].rstrip(",")]
+            valid = len({w for w in words if w in pool})
+            credit = min(valid, len(want)) / len(want) * (1.0 if words[:1] == want[:1] else 0.7)
+            return max(0.0, credit - 0.25 * abs(len(words) - len(want)))
+        if task.family == "repeat":
+            right = sum(w == want[0] for w in words)
+            return max(0.0, min(right, len(want)) / len(want) - 0.25 * abs(len(words) - len(want)))
+        return positional_credit(want, words)
 
     def noisy_scores(self, tasks: list[Task], responses: list[str], rng: random.Random, noise: float) -> list[float]:
         """The noisy labeler: the clean score plus N(0, noise) (disagrees with the clean one on some pairs)."""
@@ -137,42 +127,39 @@ class World:
         return ["\n".join(self.sentence(rng) for _ in range(rng.randint(6, 12))) for _ in range(count)]
 
     def sentence(self, rng: random.Random) -> str:
-        kind = rng.randrange(6)
+        kind = rng.randrange(5)
         name = rng.choice(NAMES)
         if kind == 0:
             return f"{name} lives in {self.home[name]}."
         if kind == 1:
             return f"{name} has a {self.pet[name]}."
         if kind == 2:
-            a, b = rng.randint(0, ADD_MAX), rng.randint(0, ADD_MAX)
-            return f"{a} plus {b} is {a + b}."
+            n, what = rng.randint(2, 5), rng.choice(sorted(LISTS))
+            return f"Here are {n} {what}: {' '.join(rng.sample(LISTS[what], n))}."
         if kind == 3:
-            words = rng.sample(WORDS, rng.randint(3, 4))
-            return f"The words {' '.join(words)} backwards are {' '.join(reversed(words))}."
-        if kind == 4:
-            numbers = rng.sample(range(1, SORT_MAX + 1), rng.randint(3, 4))
-            return f"The numbers {' '.join(map(str, numbers))} in order are {' '.join(map(str, sorted(numbers)))}."
-        n, kind = rng.randint(2, 5), rng.choice(sorted(LISTS))
-        return f"Here are {n} {kind}: {' '.join(rng.sample(LISTS[kind], n))}."
+            n, word = rng.randint(2, 6), rng.choice(WORDS)
+            return f"{name} said {word} {n} times: {' '.join([word] * n)}."
+        start, n = rng.randint(1, COUNT_FROM), rng.randint(2, 6)
+        return f"{name} counted from {start} to {start + n - 1}: {' '.join(map(str, range(start, start + n)))}."
 
     def demonstration(self, task: Task, rng: random.Random, error_rate: float) -> str:
         """What a hired demonstrator writes: the answer, or with probability `error_rate` a plausible mistake."""
         if rng.random() >= error_rate:
             return task.answer
-        if task.family == "add":
-            return str(int(task.answer) + rng.choice([-2, -1, 1, 2]))
-        if task.family == "fact":
-            pool = CITIES if task.answer.endswith(tuple(c + "." for c in CITIES)) else PETS
-            wrong = rng.choice([x for x in pool if x not in task.answer])
-            return " ".join(task.answer.split()[:-1] + [wrong + "."])
         words = task.answer.split()
+        if task.family == "fact":
+            pool = CITIES if words[-1].rstrip(".") in CITIES else PETS
+            wrong = rng.choice([x for x in pool if x not in task.answer])
+            return " ".join(words[:-1] + [wrong + "."])
         if task.family == "list":
             pool = LISTS[task.prompt.split()[2].rstrip(",")]
             others = rng.sample([w for w in pool if w != words[0]], len(words))
             return " ".join([words[0]] + others[: len(words) - 1 + rng.choice([-1, 1])])
-        i = rng.randrange(len(words) - 1)
-        words[i], words[i + 1] = words[i + 1], words[i]
-        return " ".join(words)
+        if task.family == "repeat":
+            return " ".join(words[:1] * (len(words) + rng.choice([-1, 1])))
+        if rng.random() < 0.5:  # count: one number skipped or one too many
+            return " ".join(words[:-1] + [str(int(words[-1]) + 1)])
+        return " ".join(words + [str(int(words[-1]) + 1)])
 
 
 def positional_credit(want: list[str], got: list[str]) -> float:
