@@ -37,7 +37,7 @@ SHRINK = [
 NOT_RUN = {
     "pytest": "the test suite itself (CI runs it)",
     "torchrun": "a multi-GPU pretraining run of gpt2 on OpenWebText",
-    "python -m examples.instructgpt_mini": "the ~25-minute miniature InstructGPT run (tests/test_instructgpt_mini.py "
+    "python -m examples.instructgpt_mini": "the ~30-minute miniature InstructGPT run (tests/test_instructgpt_mini.py "
                                            "runs the same pipeline shrunken)",
 }
 PIP = re.compile(r"^pip install [^&]*&&\s*")  # the environment under test is installed already
