@@ -1,4 +1,4 @@
-"""lm-evaluation-harness: minigpt's model class gives the numbers lm-eval's own `hf` model gives on the same checkpoint.
+"""lm-evaluation-harness (lm-eval's hf model needs accelerate, in the test extra): minigpt's model class gives the numbers lm-eval's own `hf` model gives on the same checkpoint.
 
 Local tasks only (YAML files over JSONL written here, loaded by `datasets`' json builder): a multiple-choice task,
 a rolling-perplexity task, a generate_until task and a loglikelihood (LAMBADA-style) task. No hub access.
