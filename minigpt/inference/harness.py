@@ -28,7 +28,7 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .sampling import SamplingParams
 from .generation import generate
-from .text import left_pad, stop_strings_check
+from .text import cut_at_stop, left_pad, stop_strings_check
 
 try:
     from lm_eval import utils as lm_utils
@@ -216,10 +216,7 @@ class MinigptLM(TemplateLM):
 
 def cut(text: str, stops: Sequence[str]) -> str:
     """The text before the first occurrence of any stop string (lm-eval's postprocessing)."""
-    for stop in stops:
-        if stop:
-            text = text.split(stop)[0]
-    return text
+    return cut_at_stop(text, stops)[0]
 
 
 def evaluate(model: MinigptLM, tasks: list[str], *, include_path: str | None = None, num_fewshot: int | None = None,
