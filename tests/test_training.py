@@ -147,6 +147,27 @@ def test_interrupted_and_resumed_run_is_bit_identical(text_model_dir, tmp_path):
     assert resumed.evals == straight.evals
 
 
+@pytest.mark.slow
+def test_adamw_is_fused_and_a_resume_keeps_the_kernel_its_state_was_made_with(text_model_dir, tmp_path, monkeypatch):
+    """New runs step AdamW's fused kernel; a checkpoint made by the per-tensor loop (as before the switch) resumes
+    with that loop, bit-identical to an uninterrupted run of it (the kernels differ in the last bit)."""
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    train(tiny_config(data, tmp_path / "fused", text_model_dir, max_steps=3), progress=False)
+    groups = json.loads((tmp_path / "fused" / STATE_FILE).read_text())["optimizer"]["param_groups"]
+    assert [g["fused"] for g in groups] == [True, True]
+
+    monkeypatch.setattr("minigpt.train.run.fused_adamw", lambda device: None)  # the old per-tensor loop
+    loop = train(tiny_config(data, tmp_path / "loop", text_model_dir), progress=False)
+    train(tiny_config(data, tmp_path / "split", text_model_dir), progress=False, should_stop=lambda step: step == 3)
+    monkeypatch.undo()
+    resumed = resume(tmp_path / "split", progress=False)
+    assert resumed.train_losses == loop.train_losses[3:]
+    a, b = tensors(tmp_path / "loop"), tensors(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    groups = json.loads((tmp_path / "split" / STATE_FILE).read_text())["optimizer"]["param_groups"]
+    assert [g["fused"] for g in groups] == [None, None]
+
+
 def test_resume_refuses_changed_settings_or_data_and_keeps_the_checkpoint(text_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
     out = tmp_path / "run"

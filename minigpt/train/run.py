@@ -35,7 +35,7 @@ from .config import TrainConfig, TrainingError
 from .data import DataReport, PromptTemplate
 from .env import Distributed, StopRequest, all_reduce_, barrier, close_distributed, init_distributed, pick_device
 from .objective import Objective, StepResult, start_model_config
-from .optim import EpochSampler, lr_at, micro_batches, param_groups
+from .optim import EpochSampler, fused_adamw, lr_at, micro_batches, param_groups
 from .report import Reporters, default_report_dir
 from .state import (
     STATE_FILE,
@@ -216,7 +216,8 @@ class Run:
     def _setup_optimizer(self, saved: dict | None) -> None:
         config = self.config
         groups, self.param_names = param_groups(self.model, config.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
+                                           fused=fused_adamw(self.device))
         self.step = 0
         self.finished_before = bool(saved and saved.get("finished"))
         self.evals: list[tuple[int, float]] = []
