@@ -73,12 +73,15 @@ def test_noise_is_calibrated_to_the_wanted_agreement():
     rng = random.Random(0)
     clean = [[rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for _ in range(4)] for _ in range(400)]
     sigma = calibrate_noise(clean, 0.75, random.Random(1))
-    agree = total = 0
+    between = with_clean = total = 0
     check = random.Random(2)
     for row in clean:
-        a, n = pairwise_agreement(row, [c + check.gauss(0.0, sigma) for c in row])
-        agree, total = agree + a, total + n
-    assert agree / total == pytest.approx(0.75, abs=0.03)  # fresh draws, same sigma
+        first, second = ([c + check.gauss(0.0, sigma) for c in row] for _ in range(2))
+        a, n = pairwise_agreement(row, first, second)
+        b, _ = pairwise_agreement(row, first)
+        between, with_clean, total = between + a, with_clean + b, total + n
+    assert between / total == pytest.approx(0.75, abs=0.03)  # two labelers with each other, fresh draws
+    assert with_clean / total > between / total + 0.05  # each labeler is closer to the truth than to another one
 
 
 def test_report_formulas():
@@ -88,6 +91,25 @@ def test_report_formulas():
     accuracy, pairs = ev.ranking_accuracy([[3.0, 1.0, 2.0]], [[1.0, 0.0, 0.0]])
     assert (accuracy, pairs) == (1.0, 2)  # the tie between the last two is not a pair
     assert unique_ranked(["a", "b", "a", " "], [0.1, 0.9, 0.5, 2.0]) == ["b", "a"]
+
+
+def test_demonstrations_comparisons_and_ppo_use_disjoint_prompts(tmp_path):
+    """Held-out, demonstration and RL prompts are three disjoint sets covering every prompt of the world, and the
+    files the stages read respect them (InstructGPT's SFT, RM and PPO datasets hold different prompts)."""
+    world = World(0)
+    every = {q for family in FAMILIES for q in world.prompts(family)}
+    assert len(every) == 60 + 80 + 80 + 100
+    assert {t.prompt for t in world.tasks(400, seed=9, distinct=False)} <= every
+    settings = dataclasses.replace(Settings(), documents=5, demonstrations=300, ppo_prompts=300, heldout=40)
+    pipeline = Pipeline(tmp_path / "mini", settings)
+    heldout, sft_prompts, rl_prompts = pipeline.prompt_sets()
+    assert heldout | sft_prompts | rl_prompts == every
+    assert not (heldout & sft_prompts or heldout & rl_prompts or sft_prompts & rl_prompts)
+    assert abs(len(sft_prompts) - len(rl_prompts)) <= len(FAMILIES)  # halves, per family
+    pipeline.write_world()
+    demos = {json.loads(line)["prompt"] for line in (tmp_path / "mini" / "data" / "sft.jsonl").open()}
+    ppo = {json.loads(line)["prompt"] for line in (tmp_path / "mini" / "data" / "prompts.jsonl").open()}
+    assert demos <= sft_prompts and ppo <= rl_prompts and len(demos) > 100 and len(ppo) > 100
 
 
 @pytest.mark.slow

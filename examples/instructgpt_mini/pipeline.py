@@ -40,7 +40,8 @@ class Settings:
     sft_epochs: float = 6
     comparison_prompts: int = 3000  # prompts ranked for the reward model (more helped more than more epochs)
     k: int = 4  # responses ranked per prompt (InstructGPT: 4 to 9)
-    labeler_agreement: float = 0.75  # the noisy labeler agrees with the clean one on this share of pairs
+    labeler_agreement: float = 0.75  # two noisy labelers agree with each other on this share of pairs (as
+    # InstructGPT's labelers did, 73-77%); each then agrees with the clean one on ~0.84 of them
     ppo_prompts: int = 2000
     ppo_steps: int = 100
     ppo_batch: int = 32
@@ -48,10 +49,11 @@ class Settings:
     segments: int = 5  # labeler checkpoints along each PPO run
     heldout: int = 160  # held-out prompts for the table (40 per family)
     best_of: int = 8
-    temperature: float = 0.7  # sampling for comparisons, rollouts and evaluation (and PPO's log-probs)
+    temperature: float = 0.7  # sampling for rollouts and evaluation (and PPO's log-probs)
+    comparison_temperature: float = 1.0  # the samples labelers rank: more of them differ than at 0.7
     max_new_tokens: int = 16
     kl_coef: float = 0.2
-    ppo_lr: float = 2e-4
+    ppo_lr: float = 1e-4
     hack_lr: float = 3e-4  # the beta = 0 run also steps 3x harder, to over-optimise within hack_steps
     ptx_coef: float = 1.0
     dpo_beta: float = 0.5
@@ -138,16 +140,26 @@ class Pipeline:
         model = {"n_layer": s.n_layer, "n_head": s.n_head, "n_embd": s.n_embd, "n_positions": s.n_positions,
                  "vocab_size": 50257}
         (self.data / "model.json").write_text(json.dumps(model, indent=2) + "\n")
-        heldout = {t.prompt for t in world.tasks(s.heldout, seed=s.seed * 1000 + 3)}
+        heldout, sft_prompts, rl_prompts = self.prompt_sets()
         rng = random.Random(s.seed * 1000 + 2)
-        demos = world.tasks(s.demonstrations, seed=s.seed * 1000 + 4, exclude=heldout, distinct=False)
+        demos = world.tasks(s.demonstrations, seed=s.seed * 1000 + 4, exclude=heldout | rl_prompts, distinct=False)
         rows = [{"prompt": t.prompt, "response": world.demonstration(t, rng, s.demo_error_rate)} for t in demos]
         write_jsonl(self.data / "sft.jsonl", rows)
         demo_quality = sum(world.score(t, r["response"]) for t, r in zip(demos, rows)) / len(rows)
-        prompts = world.tasks(s.ppo_prompts, seed=s.seed * 1000 + 5, exclude=heldout, distinct=False)
+        prompts = world.tasks(s.ppo_prompts, seed=s.seed * 1000 + 5, exclude=heldout | sft_prompts, distinct=False)
         write_jsonl(self.data / "prompts.jsonl", [{"prompt": t.prompt} for t in prompts])
         return {"documents": len(docs), "demonstrations": len(rows), "demo_quality": demo_quality,
-                "ppo_prompts": len(prompts), "heldout": s.heldout}
+                "ppo_prompts": len(prompts), "heldout": s.heldout, "distinct_sft_prompts": len(sft_prompts),
+                "distinct_rl_prompts": len(rl_prompts)}
+
+    def prompt_sets(self) -> tuple[set[str], set[str], set[str]]:
+        """(held-out, demonstration, RL) prompts: three disjoint sets. The demonstrations never show an RL prompt,
+        so the comparisons and PPO see prompts SFT has not memorised, like the held-out ones (InstructGPT's SFT, RM
+        and PPO datasets are different prompts too). With one shared set SFT scored ~0.9 on PPO's prompts against
+        ~0.65 held out, and PPO had nothing to learn there that carried over."""
+        heldout = {t.prompt for t in self.world.tasks(self.s.heldout, seed=self.s.seed * 1000 + 3)}
+        sft_prompts, rl_prompts = self.world.split(heldout, seed=self.s.seed * 1000 + 13)
+        return heldout, sft_prompts, rl_prompts
 
     def pretrain(self) -> dict:
         s = self.s
@@ -170,17 +182,20 @@ class Pipeline:
         prompts, where both labelers' scores are kept to measure the reward model."""
         s, world = self.s, self.world
         rng = random.Random(s.seed * 1000 + 6)
-        heldout = {t.prompt for t in self.heldout}
-        tasks = world.tasks(s.comparison_prompts, seed=s.seed * 1000 + 7, exclude=heldout, distinct=False)
-        samples = ev.sample_k(self.path("sft"), tasks, s.k, temperature=s.temperature,
+        heldout, sft_prompts, _ = self.prompt_sets()
+        tasks = world.tasks(s.comparison_prompts, seed=s.seed * 1000 + 7, exclude=heldout | sft_prompts,
+                            distinct=False)
+        samples = ev.sample_k(self.path("sft"), tasks, s.k, temperature=s.comparison_temperature,
                               max_new_tokens=s.max_new_tokens, seed=s.seed * 1000 + 8)
         clean = [[world.score(t, r) for r in rs] for t, rs in zip(tasks, samples)]
         noise = calibrate_noise(clean, s.labeler_agreement, rng)
-        records, agree, total = [], 0, 0
+        second = random.Random(s.seed * 1000 + 14)  # a second labeler, only to report how often two agree
+        records, agree, between, total = [], 0, 0, 0
         for task, responses, scores in zip(tasks, samples, clean):
             noisy = [c + rng.gauss(0.0, noise) for c in scores]
             a, n = pairwise_agreement(scores, noisy)
-            agree, total = agree + a, total + n
+            b, _ = pairwise_agreement(scores, noisy, [c + second.gauss(0.0, noise) for c in scores])
+            agree, between, total = agree + a, between + b, total + n
             ranked = unique_ranked(responses, noisy)
             if len(ranked) >= 2:
                 records.append({"prompt": task.prompt, "ranked": ranked})
@@ -192,7 +207,7 @@ class Pipeline:
                 for t, rs in zip(self.heldout, held_samples)]
         write_jsonl(self.data / "comparisons_heldout.jsonl", held)
         return {"records": len(records), "noise": noise, "labeler_agreement": agree / max(total, 1),
-                "pairs": total}
+                "labelers_agree_with_each_other": between / max(total, 1), "pairs": total}
 
     def reward_model(self) -> dict:
         s = self.s
@@ -330,14 +345,19 @@ def by_family(tasks, scores: list[float]) -> dict[str, float]:
 
 
 def calibrate_noise(clean: list[list[float]], target: float, rng: random.Random) -> float:
-    """The labeler noise (std of N(0, sigma) added to clean scores) whose pairwise agreement with the clean labeler
-    is closest to `target`, found by bisection on fixed draws."""
-    draws = [[rng.gauss(0.0, 1.0) for _ in row] for row in clean]
+    """The labeler noise (std of N(0, sigma) added to clean scores) at which two independent noisy labelers agree
+    with each other on `target` of the pairs whose clean scores differ, found by bisection on fixed draws.
+
+    `target` is an inter-labeler agreement, as InstructGPT reports (73-77%): calibrating one labeler's agreement
+    with the truth to 75% instead makes it as unreliable as the disagreement between two labelers, twice the noise
+    (an earlier version of this run did that; its reward models reached 0.60-0.66 and best-of-8 gained nothing)."""
+    draws = [([rng.gauss(0.0, 1.0) for _ in row], [rng.gauss(0.0, 1.0) for _ in row]) for row in clean]
 
     def agreement(sigma: float) -> float:
         agree = total = 0
-        for row, noise in zip(clean, draws):
-            a, n = pairwise_agreement(row, [c + sigma * z for c, z in zip(row, noise)])
+        for row, (first, second) in zip(clean, draws):
+            a, n = pairwise_agreement(row, [c + sigma * z for c, z in zip(row, first)],
+                                      [c + sigma * z for c, z in zip(row, second)])
             agree, total = agree + a, total + n
         return agree / max(total, 1)
 

@@ -43,7 +43,9 @@ def reward_model_lines(stages: dict) -> str:
             f"labeler ({rm['pairs_clean']} pairs), {rm['accuracy_noisy']:.3f} against the noisy one "
             f"({rm['pairs_noisy']} pairs); the noisy labeler itself agrees with the clean one on "
             f"{rm['noisy_labeler_vs_clean']:.3f} of held-out pairs (training comparisons: "
-            f"{comp['labeler_agreement']:.3f}, {comp['records']} ranked prompts, noise sd {comp['noise']:.3f})."
+            f"{comp['labeler_agreement']:.3f}; two noisy labelers agree with each other on "
+            f"{comp.get('labelers_agree_with_each_other', float('nan')):.3f}; {comp['records']} ranked prompts, "
+            f"noise sd {comp['noise']:.3f})."
             + by_family_clause(rm.get("accuracy_clean_by_family", {})))
 
 

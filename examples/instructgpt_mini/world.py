@@ -73,6 +73,28 @@ class World:
         start, n = rng.randint(1, COUNT_FROM), rng.randint(2, 6)
         return Task("count", f"Count from {start} to {start + n - 1}.", " ".join(map(str, range(start, start + n))))
 
+    def prompts(self, family: str) -> list[str]:
+        """Every prompt of `family` (the world is small enough to list them: 60 fact, 80 list, 80 repeat, 100 count)."""
+        if family == "fact":
+            return [q for name in NAMES for q in (f"Where does {name} live?", f"What pet does {name} have?")]
+        if family == "list":
+            return [f"Name {n} {kind}, starting with {start}." for n in range(2, 6) for kind in sorted(LISTS)
+                    for start in LISTS[kind]]
+        if family == "repeat":
+            return [f"Say {word} {n} times." for word in WORDS for n in range(2, 7)]
+        return [f"Count from {start} to {start + n - 1}." for start in range(1, COUNT_FROM + 1) for n in range(2, 7)]
+
+    def split(self, exclude: set[str], seed: int) -> tuple[set[str], set[str]]:
+        """The prompts not in `exclude`, cut in two halves per family (seeded): one for the demonstrations, one for
+        the comparisons and PPO, as InstructGPT's SFT, RM and PPO datasets hold different prompts."""
+        rng, first, second = random.Random(seed), set(), set()
+        for family in FAMILIES:
+            rest = [q for q in self.prompts(family) if q not in exclude]
+            rng.shuffle(rest)
+            first.update(rest[: len(rest) // 2])
+            second.update(rest[len(rest) // 2:])
+        return first, second
+
     def tasks(self, count: int, seed: int, exclude: set[str] = frozenset(), distinct: bool = True) -> list[Task]:
         """`count` prompts drawn with `seed`, families in turn, none of `exclude`; all different if `distinct`
         (held-out sets), else repeats allowed (training data: the fact questions are few)."""
@@ -170,12 +192,14 @@ def positional_credit(want: list[str], got: list[str]) -> float:
     return hits / max(len(want), len(got))
 
 
-def pairwise_agreement(clean: list[float], noisy: list[float]) -> tuple[int, int]:
-    """(agreeing, counted) over the pairs whose clean scores differ."""
+def pairwise_agreement(clean: list[float], noisy: list[float], other: list[float] | None = None) -> tuple[int, int]:
+    """(agreeing, counted) over the pairs whose clean scores differ: how often `noisy` orders a pair as the clean
+    labeler does, or, given `other` (a second noisy labeler), as `other` does."""
+    reference = clean if other is None else other
     agree = total = 0
     for i in range(len(clean)):
         for j in range(i + 1, len(clean)):
             if clean[i] != clean[j]:
                 total += 1
-                agree += (clean[i] > clean[j]) == (noisy[i] > noisy[j])
+                agree += (reference[i] > reference[j]) == (noisy[i] > noisy[j])
     return agree, total
