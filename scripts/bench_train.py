@@ -4,8 +4,9 @@
 Both sides train the same shape on the same random token batch in the same precision: transformers'
 `GPT2LMHeadModel(input_ids, labels=...)` + `torch.optim.AdamW` (the loop a user would write), and minigpt's
 `ResponseLoss` (what SFT and pretraining run: the chunked LM head of `minigpt.head`, no [N, V] logits) + AdamW
-over `minigpt.train.optim.param_groups`. Each (library, shape) runs in a fresh process, so its peak RSS (CPU) or
-`max_memory_allocated` (CUDA) is its own; tokens/s is the median over the timed steps after warm-up steps.
+over `minigpt.train.optim.param_groups` with the kernel the trainers pick (`fused_adamw`), and the same with
+`--gradient-checkpointing` (each block's activations recomputed in the backward pass). Each (library, shape) runs
+in a fresh process, so its peak RSS (CPU) or `max_memory_allocated` (CUDA) is its own; tokens/s is the median over the timed steps after warm-up steps.
 Prints the machine (CPU model and ISA flags) and a markdown table with ratios (> 1: minigpt is faster / smaller).
 
     python scripts/bench_train.py                       # gpt2 shape and a small shape, CPU, fp32
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+LIBRARIES = ("transformers", "minigpt", "minigpt-ckpt")
+CHECKPOINTED = "minigpt-ckpt"  # minigpt with --gradient-checkpointing
 SHAPES = {  # name: (n_layer, n_head, n_embd, batch, sequence)
     "gpt2": (12, 12, 768, 8, 256),
     "small": (4, 4, 128, 16, 128),
@@ -50,16 +53,17 @@ def batch(shape: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[:, :-1].to(device), ids[:, 1:].to(device)
 
 
-def minigpt_step(shape: str, device: str):
+def minigpt_step(shape: str, device: str, checkpointing: bool = False):
     from minigpt.config import GPTConfig
     from minigpt.model import Transformer
-    from minigpt.train.optim import param_groups
+    from minigpt.train.optim import fused_adamw, param_groups
     from minigpt.train.sft import ResponseLoss
 
     n_layer, n_head, n_embd, *_ = SHAPES[shape]
     torch.manual_seed(0)
     model = Transformer(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1)[0], lr=1e-4)
+    model.gradient_checkpointing = checkpointing
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1)[0], lr=1e-4, fused=fused_adamw(torch.device(device)))
     loss_fn = ResponseLoss(model)
     x, y = batch(shape, device)
 
@@ -95,7 +99,10 @@ def transformers_step(shape: str, device: str):
 def child(library: str, shape: str, args: argparse.Namespace) -> None:
     """Run one (library, shape) and print its JSON line: tokens/s and peak memory."""
     torch.set_num_threads(torch.get_num_threads())
-    step = (minigpt_step if library == "minigpt" else transformers_step)(shape, args.device)
+    if library == "transformers":
+        step = transformers_step(shape, args.device)
+    else:
+        step = minigpt_step(shape, args.device, checkpointing=library == CHECKPOINTED)
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.precision == "bf16")
     *_, b, t = SHAPES[shape]
     times = []
@@ -136,7 +143,7 @@ def main() -> None:
     rows = []
     for shape in args.shapes.split(","):
         results = {}
-        for library in ("transformers", "minigpt"):
+        for library in LIBRARIES:
             command = [sys.executable, str(Path(__file__).resolve()), "--child", library, shape,
                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
                        "--precision", args.precision]
@@ -149,14 +156,16 @@ def main() -> None:
     print(machine_line(args.device))
     print(f"LM training step ({args.precision}, {args.device}; median of {args.steps} steps after {args.warmup})\n")
     print("| shape (layers/heads/width, batch x seq) | transformers tok/s | minigpt tok/s | speed ratio | "
-          "transformers peak MB | minigpt peak MB | memory ratio |")
-    print("|---|---|---|---|---|---|---|")
+          "transformers peak MB | minigpt peak MB | memory ratio | checkpointed tok/s | checkpointed peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for results in rows:
-        hf, mg = results["transformers"], results["minigpt"]
+        hf, mg, ck = results["transformers"], results["minigpt"], results[CHECKPOINTED]
         n_layer, n_head, n_embd, b, t = SHAPES[hf["shape"]]
         print(f"| {hf['shape']} ({n_layer}/{n_head}/{n_embd}, {b}x{t}) | {hf['tokens_per_s']:,.0f} | "
               f"{mg['tokens_per_s']:,.0f} | {mg['tokens_per_s'] / hf['tokens_per_s']:.2f}x | {hf['peak_mb']:,.0f} | "
-              f"{mg['peak_mb']:,.0f} | {mg['peak_mb'] / hf['peak_mb']:.2f}x |")
+              f"{mg['peak_mb']:,.0f} | {mg['peak_mb'] / hf['peak_mb']:.2f}x | "
+              f"{ck['tokens_per_s']:,.0f} ({ck['tokens_per_s'] / hf['tokens_per_s']:.2f}x) | "
+              f"{ck['peak_mb']:,.0f} ({ck['peak_mb'] / hf['peak_mb']:.2f}x) |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n")
 

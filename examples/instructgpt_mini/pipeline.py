@@ -49,6 +49,7 @@ class Settings:
     segments: int = 5  # labeler checkpoints along each PPO run
     heldout: int = 160  # held-out prompts for the table (40 per family)
     best_of: int = 8
+    eval_samples: int = 4  # samples per held-out prompt and model; a prompt's score is their mean
     temperature: float = 0.7  # sampling for rollouts and evaluation (and PPO's log-probs)
     comparison_temperature: float = 1.0  # the samples labelers rank: more of them differ than at 0.7
     max_new_tokens: int = 16
@@ -296,31 +297,44 @@ class Pipeline:
     def evaluate(self) -> dict:
         """The table: each model's samples on every held-out prompt, scored by the clean labeler."""
         s, world = self.s, self.world
-        seed = s.seed * 1000 + 12
-        kwargs = dict(temperature=s.temperature, max_new_tokens=s.max_new_tokens, seed=seed)
+        seeds = [s.seed * 1000 + 12 + 7919 * r for r in range(s.eval_samples)]
+        kwargs = dict(temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+        tasks = self.heldout * s.eval_samples  # [eval_samples * prompts]: draw r of every prompt, then draw r + 1
         rows = {}
         models = {"pretrained": self.start_model(), "SFT": self.path("sft"), "PPO": self.path("ppo"),
                   "PPO-ptx": self.path("ppo_ptx"), "DPO": self.path("dpo"), "PPO beta=0": self.path("ppo_beta0")}
-        samples = {name: ev.sample(path, self.heldout, world, **kwargs) for name, path in models.items()}
-        samples[f"best-of-{s.best_of}"] = ev.best_of(self.path("sft"), self.path("rm"), self.heldout, world,
-                                                     s.best_of, **kwargs)
-        sft = samples["SFT"].scores
-        for name, got in samples.items():
+        samples = {name: concat([ev.sample(path, self.heldout, world, seed=seed, **kwargs) for seed in seeds])
+                   for name, path in models.items()}
+        samples[f"best-of-{s.best_of}"] = concat([ev.best_of(self.path("sft"), self.path("rm"), self.heldout, world,
+                                                             s.best_of, seed=seed, **kwargs) for seed in seeds])
+        sft = per_prompt_means(samples["SFT"].scores, len(self.heldout))
+        for name, drawn in samples.items():
             path = models.get(name, self.path("sft"))
-            rewards = ev.reward_scores(self.path("rm"), self.heldout, got.responses)
-            kl = mean_kl(path, self.path("sft"), self.heldout, got.responses, s.temperature) \
+            rewards = ev.reward_scores(self.path("rm"), tasks, drawn.responses)
+            kl = mean_kl(path, self.path("sft"), tasks, drawn.responses, s.temperature) \
                 if name not in ("pretrained", f"best-of-{s.best_of}") else None
+            got = ev.Samples(drawn.responses[: len(self.heldout)], per_prompt_means(drawn.scores, len(self.heldout)))
             diff, diff_se = ev.paired_difference(got.scores, sft)
             rows[name] = {"labeler": got.mean, "win_vs_sft": ev.win_rate(got.scores, sft),
                           "minus_sft": diff, "minus_sft_se": diff_se, "scores": got.scores,
                           "reward": sum(rewards) / len(rewards), "kl_to_sft": kl,
                           "by_family": by_family(self.heldout, got.scores),
-                          "examples": [{"prompt": t.prompt, "response": r, "score": sc}
-                                       for t, r, sc in list(zip(self.heldout, got.responses, got.scores))[:5]]}
+                          "examples": [{"prompt": t.prompt, "response": r, "score": sc}  # first draws
+                                       for t, r, sc in list(zip(self.heldout, drawn.responses, drawn.scores))[:5]]}
         return {"models": rows}
 
 
 # ----- helpers
+
+
+def concat(draws: list[ev.Samples]) -> ev.Samples:
+    return ev.Samples([r for d in draws for r in d.responses], [x for d in draws for x in d.scores])
+
+
+def per_prompt_means(scores: list[float], prompts: int) -> list[float]:
+    """Scores laid out draw after draw ([draws * prompts]) -> each prompt's mean over its draws."""
+    draws = len(scores) // prompts
+    return [sum(scores[r * prompts + i] for r in range(draws)) / draws for i in range(prompts)]
 
 
 def final_eval(directory: Path) -> dict:
