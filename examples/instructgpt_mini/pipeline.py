@@ -41,7 +41,7 @@ class Settings:
     comparison_prompts: int = 3000  # prompts ranked for the reward model (more helped more than more epochs)
     k: int = 4  # responses ranked per prompt (InstructGPT: 4 to 9)
     labeler_agreement: float = 0.75  # two noisy labelers agree with each other on this share of pairs (as
-    # InstructGPT's labelers did, 73-77%); each then agrees with the clean one on ~0.84 of them
+    # InstructGPT's labelers did, 73-77%); each then agrees with the clean one on ~0.83 of them
     ppo_prompts: int = 2000
     ppo_steps: int = 100
     ppo_batch: int = 32

@@ -34,7 +34,6 @@ WORDS = ["sun", "tree", "cup", "hat", "box", "pen", "car", "fish", "moon", "book
 COUNT_FROM = 20  # counting tasks start at 1..COUNT_FROM
 LISTS = {"colors": COLORS, "pets": PETS, "cities": CITIES}
 FAMILIES = ("fact", "list", "repeat", "count")
-NUMBER = re.compile(r"-?\d+")
 
 
 @dataclass(frozen=True)
@@ -60,29 +59,29 @@ class World:
         family = family or rng.choice(FAMILIES)
         if family == "fact":
             name = rng.choice(NAMES)
+            home_question, pet_question = fact_prompts(name)
             if rng.random() < 0.5:
-                return Task(family, f"Where does {name} live?", f"{name} lives in {self.home[name]}.")
-            return Task(family, f"What pet does {name} have?", f"{name} has a {self.pet[name]}.")
+                return Task(family, home_question, f"{name} lives in {self.home[name]}.")
+            return Task(family, pet_question, f"{name} has a {self.pet[name]}.")
         if family == "list":
             n, kind = rng.randint(2, 5), rng.choice(sorted(LISTS))
             items = rng.sample(LISTS[kind], n)
-            return Task(family, f"Name {n} {kind}, starting with {items[0]}.", " ".join(items))
+            return Task(family, list_prompt(n, kind, items[0]), " ".join(items))
         if family == "repeat":
             n, word = rng.randint(2, 6), rng.choice(WORDS)
-            return Task(family, f"Say {word} {n} times.", " ".join([word] * n))
+            return Task(family, repeat_prompt(word, n), " ".join([word] * n))
         start, n = rng.randint(1, COUNT_FROM), rng.randint(2, 6)
-        return Task("count", f"Count from {start} to {start + n - 1}.", " ".join(map(str, range(start, start + n))))
+        return Task("count", count_prompt(start, n), " ".join(map(str, range(start, start + n))))
 
     def prompts(self, family: str) -> list[str]:
         """Every prompt of `family` (the world is small enough to list them: 60 fact, 80 list, 80 repeat, 100 count)."""
         if family == "fact":
-            return [q for name in NAMES for q in (f"Where does {name} live?", f"What pet does {name} have?")]
+            return [q for name in NAMES for q in fact_prompts(name)]
         if family == "list":
-            return [f"Name {n} {kind}, starting with {start}." for n in range(2, 6) for kind in sorted(LISTS)
-                    for start in LISTS[kind]]
+            return [list_prompt(n, kind, start) for n in range(2, 6) for kind in sorted(LISTS) for start in LISTS[kind]]
         if family == "repeat":
-            return [f"Say {word} {n} times." for word in WORDS for n in range(2, 7)]
-        return [f"Count from {start} to {start + n - 1}." for start in range(1, COUNT_FROM + 1) for n in range(2, 7)]
+            return [repeat_prompt(word, n) for word in WORDS for n in range(2, 7)]
+        return [count_prompt(start, n) for start in range(1, COUNT_FROM + 1) for n in range(2, 7)]
 
     def split(self, exclude: set[str], seed: int) -> tuple[set[str], set[str]]:
         """The prompts not in `exclude`, cut in two halves per family (seeded): one for the demonstrations, one for
@@ -182,6 +181,25 @@ class World:
         if rng.random() < 0.5:  # count: one number skipped or one too many
             return " ".join(words[:-1] + [str(int(words[-1]) + 1)])
         return " ".join(words + [str(int(words[-1]) + 1)])
+
+
+# ----- the prompts' wording (one place for `World.task`, which draws them, and `World.prompts`, which lists them)
+
+
+def fact_prompts(name: str) -> tuple[str, str]:
+    return f"Where does {name} live?", f"What pet does {name} have?"
+
+
+def list_prompt(n: int, kind: str, start: str) -> str:
+    return f"Name {n} {kind}, starting with {start}."
+
+
+def repeat_prompt(word: str, n: int) -> str:
+    return f"Say {word} {n} times."
+
+
+def count_prompt(start: int, n: int) -> str:
+    return f"Count from {start} to {start + n - 1}."
 
 
 def positional_credit(want: list[str], got: list[str]) -> float:
