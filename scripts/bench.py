@@ -4,7 +4,9 @@
 Reports medians and ratios (transformers time / minigpt time, so > 1 means minigpt is faster) for:
 decode at batch 1 (16-token prompt, 64 new tokens, greedy), 5 samples of one prompt (64 new, top-k 50),
 beam search, prefill of 512 tokens, in each dtype; minigpt also with int8 weights (`quantize="int8"`, in the
-float32 rows) and, with --compile, compiled. Decode rows give ms per step (time(16+64) - time(16+1), over 63),
+float32 rows) and, with --compile, compiled; CTranslate2 (fp32 and int8, CPU) when it is installed
+(`pip install ctranslate2`: the checkpoint is converted with its TransformersConverter into a temporary
+directory; it needs the GPT-2 vocabulary files beside the checkpoint or in $MINIGPT_TOKENIZER_DIR). Decode rows give ms per step (time(16+64) - time(16+1), over 63),
 the weight bytes each step reads, GB/s, and the share of this machine's read floor (GB/s of `a.sum()` over
 512 MB). Then load time (warm page cache) and peak RSS after loading (each in a fresh process).
 Without --model it builds a random gpt2-shape checkpoint in the hub's layout (a temporary directory).
@@ -44,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-int8", action="store_true", help="skip minigpt's int8 rows (CPU only; never on a GPU)")
     p.add_argument("--json-out", help="also write the results as JSON here")
     p.add_argument("--no-transformers", action="store_true", help="time minigpt alone")
+    p.add_argument("--no-ctranslate2", action="store_true", help="skip the CTranslate2 rows even when installed")
     return p.parse_args()
 
 
@@ -74,6 +77,70 @@ def make_random_checkpoint(shape: str, directory: Path, dtype: torch.dtype = tor
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
     return directory
+
+
+class CTranslate2Model:
+    """A CTranslate2 generator on a converted copy of the checkpoint, called with token ids like the others.
+
+    CTranslate2 takes token strings: the converted directory's vocabulary.json lists them in id order."""
+
+    def __init__(self, directory: Path, compute_type: str, threads: int) -> None:
+        import ctranslate2
+
+        self.generator = ctranslate2.Generator(str(directory), device="cpu", compute_type=compute_type,
+                                               inter_threads=1, intra_threads=threads)
+        self.vocab = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
+        self.quantized = compute_type.startswith("int8")
+        self.weight_bytes = (directory / "model.bin").stat().st_size
+
+    def generate(self, ids: torch.Tensor, new: int, *, copies: int = 1, sample: bool = False,
+                 beams: int = 1) -> list[list[int]]:
+        """`copies` rows of the one prompt in `ids` [1, T], exactly `new` tokens each (EOS is not allowed to stop
+        a row early), greedy, top-k 50 sampling, or beam search."""
+        tokens = [self.vocab[i] for i in ids[0].tolist()]
+        kwargs = dict(sampling_topk=50, sampling_temperature=1.0) if sample else dict(sampling_topk=1)
+        results = self.generator.generate_batch([tokens] * copies, max_length=new, min_length=new, beam_size=beams,
+                                                include_prompt_in_result=False, **kwargs)
+        return [r.sequences_ids[0] for r in results]
+
+
+def ctranslate2_models(model_dir: Path, work: Path, threads: int) -> dict[str, CTranslate2Model]:
+    """{"ctranslate2": fp32, "ctranslate2 int8": int8 weights}, converted from `model_dir` into `work`; {} (and a
+    line on stderr) when CTranslate2 or the vocabulary files are missing."""
+    try:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        log("ctranslate2 is not installed: no CTranslate2 rows (pip install ctranslate2)")
+        return {}
+    from minigpt.errors import TokenizerError
+    from minigpt.tokenizer import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.for_model(model_dir)
+    except TokenizerError:
+        log("no CTranslate2 rows: its converter needs GPT-2's vocabulary files beside the checkpoint or in "
+            "$MINIGPT_TOKENIZER_DIR")
+        return {}
+    source = work / "source"  # the checkpoint's files linked, the vocabulary beside them under the hub's names
+    source.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and not (source / f.name).exists():
+            (source / f.name).symlink_to(f.resolve())
+    if not (source / "vocab.json").exists():
+        tokenizer.save(source)
+    supported = ctranslate2.get_supported_compute_types("cpu")
+    models = {}
+    for name, quantization in (("ctranslate2", "float32"), ("ctranslate2 int8", "int8")):
+        if quantization not in supported:
+            log(f"CTranslate2 has no {quantization} kernels on this CPU: no {name!r} rows")
+            continue
+        log(f"converting for {name} ({quantization}) ...")
+        out = TransformersConverter(str(source), low_cpu_mem_usage=True).convert(str(work / quantization),
+                                                                                  quantization=quantization,
+                                                                                  force=True)
+        models[name] = CTranslate2Model(Path(out), quantization, threads)
+    return models
 
 
 def sync(device: str) -> None:
@@ -123,7 +190,9 @@ print(int(status.split("VmHWM:")[1].split()[0]) / 1024)
 
 def decode_bytes_per_step(model) -> int:
     """Bytes of weights one decode step reads: every tensor but the position table (one row), and for an int8
-    model the float embedding too (its LM head reads the int8 copy)."""
+    model the float embedding too (its LM head reads the int8 copy); for CTranslate2 the size of its model file."""
+    if isinstance(model, CTranslate2Model):  # its converted file: every weight once (+ the small position table)
+        return model.weight_bytes
     skip = {"wpe.weight"} | ({"wte.weight"} if getattr(model, "quantized", False) else set())
     if not hasattr(model, "quantized"):  # transformers: the same weights as minigpt's float model
         return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "wpe" not in n)
@@ -178,6 +247,11 @@ def main() -> int:
     floor = read_floor_gbps() if device == "cpu" else None
     int8 = not args.no_int8 and device == "cpu"  # int8 is measured on CPUs; on GPUs it is untested (README)
 
+    ct2 = {}
+    if device == "cpu" and not args.no_ctranslate2:
+        ct2_dir = tempfile.TemporaryDirectory()
+        ct2 = ctranslate2_models(model_dir, Path(ct2_dir.name), torch.get_num_threads())
+
     rows: list[dict] = []
     new = args.new_tokens
     gen = torch.Generator().manual_seed(0)
@@ -197,8 +271,17 @@ def main() -> int:
                                                               compile=True, quantize=quantize)
         if use_hf:
             libs["transformers"] = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+        if dtype == torch.float32 and ct2:  # CTranslate2 has no bf16 CPU kernels on most CPUs: fp32 (+int8) only
+            libs.update(ct2)
+            with torch.inference_mode():  # a sanity check that both compute the same model
+                reference = libs["minigpt"].generate(prompt16, 16)[0, 16:].tolist()
+            for name in ct2:
+                same = sum(a == b for a, b in zip(libs[name].generate(prompt16, 16)[0], reference))
+                log(f"  {name} greedy: {same} of 16 tokens equal to minigpt fp32's")
 
         def decode_fn(name, model, ids, n, sample, tokens=new):
+            if name.startswith("ctranslate2"):
+                return lambda: model.generate(ids, tokens, copies=n, sample=sample)
             if name.startswith("minigpt"):
                 kw = dict(do_sample=True, top_k=50, seed=0) if sample else {}
                 return lambda: model.generate(ids, tokens, num_return_sequences=n, **kw)
@@ -224,7 +307,9 @@ def main() -> int:
                 log(f"[{dtype_name}] beam search, 5 beams ...")
                 fns = {}
                 for k, m in libs.items():
-                    if k.startswith("minigpt"):
+                    if k.startswith("ctranslate2"):
+                        fns[k] = (lambda m=m: m.generate(prompt16, new, beams=5))
+                    elif k.startswith("minigpt"):
                         fns[k] = (lambda m=m: m.generate(prompt16, new, num_beams=5, eos_token_id=-1))
                     else:
                         fns[k] = (lambda m=m: m.generate(prompt16, attention_mask=torch.ones_like(prompt16),
@@ -237,7 +322,9 @@ def main() -> int:
                 log(f"[{dtype_name}] prefill 512 ...")
                 fns = {}
                 for k, m in libs.items():
-                    if k.startswith("minigpt"):
+                    if k.startswith("ctranslate2"):  # its prefill, as the first step of a generation
+                        fns[k] = (lambda m=m: m.generate(prompt512, 1))
+                    elif k.startswith("minigpt"):
                         fns[k] = (lambda m=m: m(prompt512, last_only=True))
                     else:
                         fns[k] = (lambda m=m: m(prompt512, logits_to_keep=1))
