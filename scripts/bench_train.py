@@ -6,11 +6,14 @@ Both sides train the same shape on the same random token batch in the same preci
 `ResponseLoss` (what SFT and pretraining run: the chunked LM head of `minigpt.head`, no [N, V] logits) + AdamW
 over `minigpt.train.optim.param_groups` with the kernel the trainers pick (`fused_adamw`), and the same with
 `--gradient-checkpointing` (each block's activations recomputed in the backward pass). Each (library, shape) runs
-in a fresh process, so its peak RSS (CPU) or `max_memory_allocated` (CUDA) is its own; tokens/s is the median over the timed steps after warm-up steps.
-Prints the machine (CPU model and ISA flags) and a markdown table with ratios (> 1: minigpt is faster / smaller).
+in a fresh process, so its peak RSS (CPU) or `max_memory_allocated` (CUDA) is its own; tokens/s is the median
+over the timed steps after warm-up steps. Then minigpt's PPO step (`train_ppo` on a random policy, a reward
+function; batch = rollouts), split into rollout and update. Prints the machine (CPU model and ISA flags) and
+markdown tables with ratios (> 1: minigpt is faster / smaller).
 
     python scripts/bench_train.py                       # gpt2 shape and a small shape, CPU, fp32
     python scripts/bench_train.py --shapes small --steps 5
+    python scripts/bench_train.py --objectives ppo --shapes gpt2 --steps 2
     python scripts/bench_train.py --device cuda --precision bf16
 """
 
@@ -40,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shapes", default="small,gpt2", help="comma-separated of: " + ", ".join(SHAPES))
     p.add_argument("--steps", type=int, default=4, help="timed steps per run (default: 4)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
+    p.add_argument("--objectives", default="lm,ppo", help="lm (side by side with transformers) and/or ppo "
+                   "(minigpt's PPO step: rollout + 4 epochs) (default: lm,ppo)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (default: fp32)")
     p.add_argument("--json-out", help="also write the results as JSON here")
@@ -96,9 +101,67 @@ def transformers_step(shape: str, device: str):
     return step
 
 
+PPO_PROMPT_TOKENS = 32  # each PPO rollout: a prompt of about this many tokens ...
+PPO_RESPONSE_TOKENS = 32  # ... and a response of up to this many (a random model almost never samples EOS)
+
+
+def ppo_child(shape: str, args: argparse.Namespace) -> None:
+    """One PPO run of warm-up + timed steps at `shape` (batch = rollouts per step), through `train_ppo` as a user
+    runs it: a random-weight policy (also the frozen reference), a reward function (the response's length in
+    characters / 100), PPO's defaults (4 epochs of one mini-batch). Prints the seconds per step, split into
+    rollout (sampling, the value and reference passes, scoring) and update (the 4 epochs), and the peak memory."""
+    import tempfile
+
+    from minigpt.checkpoint import save_pretrained
+    from minigpt.config import GPTConfig
+    from minigpt.model import Transformer
+    from minigpt.tokenizer import Tokenizer
+    from minigpt.train import PPOConfig, train_ppo
+    from minigpt.train import ppo as ppo_module
+
+    n_layer, n_head, n_embd, b, _ = SHAPES[shape]
+    work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
+    torch.manual_seed(0)
+    save_pretrained(Transformer(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)), work / "policy",
+                    tokenizer=Tokenizer.from_pretrained())
+    words = "the a cat dog sat on mat and ran far away then came back home to eat".split()
+    lines = [" ".join(words[(i + j) % len(words)] for j in range(PPO_PROMPT_TOKENS)) for i in range(b)]
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": line}) + "\n" for line in lines))
+    (work / "reward.py").write_text("def score(prompts, responses):\n    return [len(r) / 100 for r in responses]\n")
+    phases = {"rollout": [], "update": []}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            out = fn(*a, **k)
+            phases[name].append(time.perf_counter() - started)
+            return out
+        return wrapper
+
+    ppo_module.PPO.rollouts = timed("rollout", ppo_module.PPO.rollouts)
+    ppo_module.PPO.optimize = timed("update", ppo_module.PPO.optimize)
+    config = PPOConfig(data=str(work / "prompts.jsonl"), model=str(work / "policy"), out=str(work / "out"),
+                       reward_fn=f"{work / 'reward.py'}:score", batch_size=b, max_new_tokens=PPO_RESPONSE_TOKENS,
+                       max_steps=args.warmup + args.steps, eval_fraction=0.0, save_every=10**9, device=args.device,
+                       precision="bf16" if args.precision == "bf16" else "fp32", seed=0)
+    train_ppo(config, progress=False, log=lambda _: None)
+    rollout, update = (phases[k][args.warmup:] for k in ("rollout", "update"))
+    total = [r + u for r, u in zip(rollout, update)]
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"library": "minigpt-ppo", "shape": shape, "seconds": statistics.median(total),
+                      "rollout_s": statistics.median(rollout), "update_s": statistics.median(update),
+                      "rollouts": b, "peak_mb": peak}))
+
+
 def child(library: str, shape: str, args: argparse.Namespace) -> None:
     """Run one (library, shape) and print its JSON line: tokens/s and peak memory."""
     torch.set_num_threads(torch.get_num_threads())
+    if library == "minigpt-ppo":
+        ppo_child(shape, args)
+        return
     if library == "transformers":
         step = transformers_step(shape, args.device)
     else:
@@ -140,20 +203,45 @@ def main() -> None:
     if args.child:
         child(*args.child, args)
         return
-    rows = []
+    objectives = args.objectives.split(",")
+    rows, ppo_rows = [], []
     for shape in args.shapes.split(","):
-        results = {}
-        for library in LIBRARIES:
-            command = [sys.executable, str(Path(__file__).resolve()), "--child", library, shape,
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-                       "--precision", args.precision]
-            print(f"{shape}: {library} ...", file=sys.stderr, flush=True)
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"{library} {shape} failed: {done.stderr.strip().splitlines()[-1]}")
-            results[library] = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(results)
+        if "lm" in objectives:
+            rows.append({library: run_child(library, shape, args) for library in LIBRARIES})
+        if "ppo" in objectives:
+            ppo_rows.append(run_child("minigpt-ppo", shape, args))
     print(machine_line(args.device))
+    if rows:
+        print_lm_table(rows, args)
+    if ppo_rows:
+        print_ppo_table(ppo_rows, args)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"lm": rows, "ppo": ppo_rows}, indent=2) + "\n")
+
+
+def run_child(library: str, shape: str, args: argparse.Namespace) -> dict:
+    """Run one (library, shape) in a fresh process (its own peak memory); its JSON result."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", library, shape, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--device", args.device, "--precision", args.precision]
+    print(f"{shape}: {library} ...", file=sys.stderr, flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{library} {shape} failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_ppo_table(rows: list[dict], args: argparse.Namespace) -> None:
+    print(f"\nPPO step ({args.precision}, {args.device}; median of {args.steps} steps after {args.warmup}; "
+          f"prompts ~{PPO_PROMPT_TOKENS} tokens, responses up to {PPO_RESPONSE_TOKENS}, 4 PPO epochs)\n")
+    print("| shape (layers/heads/width) | rollouts per step | seconds per step | rollout s | update s | peak MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        n_layer, n_head, n_embd, *_ = SHAPES[r["shape"]]
+        print(f"| {r['shape']} ({n_layer}/{n_head}/{n_embd}) | {r['rollouts']} | {r['seconds']:.2f} | "
+              f"{r['rollout_s']:.2f} | {r['update_s']:.2f} | {r['peak_mb']:,.0f} |")
+
+
+def print_lm_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"LM training step ({args.precision}, {args.device}; median of {args.steps} steps after {args.warmup})\n")
     print("| shape (layers/heads/width, batch x seq) | transformers tok/s | minigpt tok/s | speed ratio | "
           "transformers peak MB | minigpt peak MB | memory ratio | checkpointed tok/s | checkpointed peak MB |")
@@ -166,8 +254,6 @@ def main() -> None:
               f"{mg['peak_mb']:,.0f} | {mg['peak_mb'] / hf['peak_mb']:.2f}x | "
               f"{ck['tokens_per_s']:,.0f} ({ck['tokens_per_s'] / hf['tokens_per_s']:.2f}x) | "
               f"{ck['peak_mb']:,.0f} ({ck['peak_mb'] / hf['peak_mb']:.2f}x) |")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
