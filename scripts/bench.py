@@ -6,7 +6,8 @@ decode at batch 1 (16-token prompt, 64 new tokens, greedy), 5 samples of one pro
 beam search, prefill of 512 tokens, in each dtype; minigpt also with int8 weights (`quantize="int8"`, in the
 float32 rows) and, with --compile, compiled; CTranslate2 (fp32 and int8, CPU) when it is installed
 (`pip install ctranslate2`: the checkpoint is converted with its TransformersConverter into a temporary
-directory; it needs the GPT-2 vocabulary files beside the checkpoint or in $MINIGPT_TOKENIZER_DIR). Decode rows give ms per step (time(16+64) - time(16+1), over 63),
+directory; it needs the GPT-2 vocabulary files beside the checkpoint or in $MINIGPT_TOKENIZER_DIR).
+Decode rows give ms per step (time(16+64) - time(16+1), over 63),
 the weight bytes each step reads, GB/s, and the share of this machine's read floor (GB/s of `a.sum()` over
 512 MB). Then load time (warm page cache) and peak RSS after loading (each in a fresh process).
 Without --model it builds a random gpt2-shape checkpoint in the hub's layout (a temporary directory).
