@@ -1,6 +1,7 @@
 """PPO (InstructGPT step 3): each implementation detail on its own, then learning, the KL leash, exact resume,
 the reward model path, and bad rewards from the CLI."""
 
+import dataclasses
 import json
 import math
 
@@ -14,7 +15,8 @@ from minigpt import GPT, RewardModel
 from minigpt.config import GPTConfig
 from minigpt.train.data import DataError, PromptTemplate
 from minigpt.train import STATE_FILE, PPOConfig, TrainingError, train_ppo
-from minigpt.train.ppo import PPO, VALUE_HEAD_FILE, VALUE_HEAD_KEY, PolicyWithValue, PPOLoss, new_value_head
+from minigpt.train.ppo import (PPO, VALUE_HEAD_FILE, VALUE_HEAD_KEY, VALUE_MODEL_DIR, PolicyWithValue, PPOLoss,
+                               critic_values, new_value_head)
 from minigpt.train.prompts import load_prompts
 from minigpt.train.rl import adaptive_kl_coef, gae, kl_penalty_rewards, policy_loss, value_loss, whiten
 from minigpt.train.rollout import response_outputs, sample_responses
@@ -176,6 +178,36 @@ def test_policy_equal_to_reference_gives_zero_kl_and_ratio_one():
     assert 0 < entropy / n <= math.log(24) + 1e-4
 
 
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_values_come_from_the_value_network_and_only_a_shared_one_pulls_on_the_policy(value_model):
+    """A separate value network (a reward model's copy) gives, at each response position, the reward model's score
+    of the sequence up to there; its value loss leaves the policy's gradients at zero. A shared head's does not."""
+    policy = tiny_policy()
+    torch.manual_seed(5)
+    critic = RewardModel.from_lm(tiny_policy(seed=7), seed=2) if value_model == "separate" else None
+    model = PolicyWithValue(policy, new_value_head(32, seed=1) if critic is None else None, critic=critic)
+    batch = sample_responses(policy, [[5, 6, 7], [8, 9]], max_new_tokens=5, temperature=1.0, eos_id=3,
+                             generator=torch.Generator().manual_seed(0))
+    fields = (batch.query_ids, batch.query_mask, batch.response_ids, batch.response_mask)
+    with torch.no_grad():
+        values = critic_values(model, fields, temperature=1.0)  # [2, 5]
+    if critic is not None:
+        row = torch.cat([torch.tensor([5, 6, 7]), batch.response_ids[0]])  # the first row (not left-padded)
+        real = int(batch.response_mask[0].sum())
+        assert real >= 2
+        for t in range(real):  # the value of response token t reads the state just before it
+            assert values[0, t].item() == pytest.approx(critic(row[None, : 3 + t]).item(), abs=1e-5)
+    batch.values, batch.returns = values, values + 1.0
+    batch.advantages = torch.zeros_like(values)  # no policy-gradient term: only the value loss trains
+    config = PPOConfig(data="", out="", reward_fn="x.py:f", temperature=1.0)
+    loss, _ = PPOLoss(model, config)(**batch.training_fields())
+    loss.backward()
+    policy_grad = sum(float(p.grad.abs().sum()) for p in policy.parameters() if p.grad is not None)
+    head_grad = model.value_network()[1].weight.grad
+    assert head_grad is not None and head_grad.abs().sum() > 0
+    assert (policy_grad == 0) == (value_model == "separate"), policy_grad
+
+
 class StubTokenizer:
     eos_token_id = 3
 
@@ -291,15 +323,18 @@ def test_the_kl_penalty_keeps_the_policy_closer_to_the_start(task, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_equals_uninterrupted(task, tmp_path):
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_interrupted_and_resumed_equals_uninterrupted(task, tmp_path, value_model):
     settings = dict(max_steps=4, batch_size=8, eval_every=2, ppo_epochs=2, mini_batches=2, target_kl=1.0,
-                    kl_horizon=100)
+                    kl_horizon=100, value_model=value_model)
     full = train_ppo(ppo_config(task, tmp_path / "full", **settings), progress=False)
     cut = train_ppo(ppo_config(task, tmp_path / "cut", **settings), progress=False, should_stop=lambda s: s == 2)
     assert cut.interrupted and cut.step == 2
     resumed = train_ppo(ppo_config(task, tmp_path / "cut", **settings), resume=True, progress=False)
     assert resumed.step == 4 and resumed.train_losses == full.train_losses[2:]
-    for name in ("model.safetensors", VALUE_HEAD_FILE):
+    value_file = VALUE_HEAD_FILE if value_model == "shared" else f"{VALUE_MODEL_DIR}/model.safetensors"
+    assert not (tmp_path / "full" / (VALUE_MODEL_DIR if value_model == "shared" else VALUE_HEAD_FILE)).exists()
+    for name in ("model.safetensors", value_file):
         a, b = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "cut" / name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     drop_time = lambda path: [{k: v for k, v in json.loads(line).items()  # noqa: E731
@@ -331,6 +366,13 @@ def test_reward_model_scores_and_value_head_start(task, tokenizer, tmp_path):
     train_ppo(config, progress=False)
     head = load_file(str(tmp_path / "run" / VALUE_HEAD_FILE))[VALUE_HEAD_KEY]
     assert torch.allclose(head, rm.score.weight, atol=1e-4)  # initialised from the reward model's head
+    # a separate value network starts as a copy of the whole reward model and is saved as one
+    separate = dataclasses.replace(config, out=str(tmp_path / "separate"), value_model="separate")
+    train_ppo(separate, progress=False)
+    critic = RewardModel.from_pretrained(tmp_path / "separate" / VALUE_MODEL_DIR)
+    assert not (tmp_path / "separate" / VALUE_HEAD_FILE).exists()
+    for (name, a), b in zip(rm.state_dict().items(), critic.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-4), name  # one step at lr 1e-6 from the reward model's weights
 
 
 @pytest.mark.slow

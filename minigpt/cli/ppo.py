@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..train import PPOConfig, train_ppo
+from ..train.ppo import VALUE_MODELS
 from .common import OneLineParser, run_cli
 from .trainer import add_training_arguments, run_trainer
 
@@ -27,6 +28,9 @@ PPO_FLAGS: list[tuple[str, str, type, str]] = [
     ("--vf-coef", "vf_coef", float, "weight of the value loss"),
     ("--gamma", "gamma", float, "discount"),
     ("--lam", "lam", float, "GAE lambda"),
+    ("--value-model", "value_model", str, "shared: a value head on the policy's body; separate: its own network, "
+     "a copy of --reward-model (InstructGPT, TRL; twice the memory and compute in the updates) or of --model "
+     "with a new head under --reward-fn"),
     ("--missing-eos-penalty", "missing_eos_penalty", float, "subtracted from the score of a response that "
      "reaches --max-new-tokens without EOS (default: none)"),
     ("--ptx-data", "ptx_data", str, "PPO-ptx: a raw-text corpus (file, directory or glob, tokenized once and "
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Python function, and improve the policy with PPO while a per-token KL penalty keeps it near the start "
         "model. Each step: --batch-size rollouts, then --ppo-epochs x --mini-batches optimizer steps. Writes an "
         "ordinary LM checkpoint (hub layout + prompt template; the value head beside it in "
-        "value_head.safetensors) and train_log.jsonl (one line per step).",
+        "value_head.safetensors, or a separate value network in value_model/) and train_log.jsonl (one line per "
+        "step).",
         epilog="prompts: JSONL, {\"prompt\": ...} per line; SFT and preference files work too (their prompts are "
         "used), rendered with the start checkpoint's prompt template.\n"
         "reward function: FILE.py:FUNCTION, called as FUNCTION(prompts: list[str], responses: list[str]) -> "
@@ -80,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     reward.add_argument("--reward-fn", help="FILE.py:FUNCTION, a Python reward (prompts, responses) -> floats")
     for flag, name, kind, text in PPO_FLAGS:
         default = PPOConfig.__dataclass_fields__[name].default
-        ppo.add_argument(flag, dest=name, type=kind,
+        choices = {"choices": VALUE_MODELS} if name == "value_model" else {}
+        ppo.add_argument(flag, dest=name, type=kind, **choices,
                          help=text if "(default" in text else f"{text} (default: {default})")
     ppo.add_argument("--whiten-rewards", action="store_true", default=None,
                      help="whiten the per-token rewards of each batch (variance 1, mean kept)")

@@ -15,13 +15,18 @@ Huang et al. 2023, see `minigpt.train.rl`):
    eq. 2, gamma E[log pi(x_pretrain)]) plus ptx_coef x the mean cross entropy of random raw-text windows;
 6. with `target_kl`, beta adapts: beta <- beta (1 + clip(KL / target - 1, +-0.2) n / horizon).
 
-The value head is a scalar head on the policy's body (like the reward model's `score`; initialised from it when
-a reward model is given). The policy is saved as an ordinary LM checkpoint; the head beside it in
-`value_head.safetensors`, so `GPT.from_pretrained` and transformers load the policy alone.
+The value function: with `value_model="shared"` (the default) a scalar head on the policy's body (like the reward
+model's `score`; initialised from it when a reward model is given); with `value_model="separate"` its own network,
+a copy of the reward model (InstructGPT: "we initialize the value function from the RM"; TRL does the same), or of
+the start policy with a new head under a reward function: its first values are then the reward model's own
+scores, and the value loss never pulls on the policy's weights. The policy is saved as an ordinary LM checkpoint;
+the shared head beside it in `value_head.safetensors`, a separate value network in `value_model/` (a reward-model
+checkpoint), so `GPT.from_pretrained` and transformers load the policy alone.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +39,7 @@ from torch import Tensor, nn
 
 from ..config import GPTConfig
 from ..model import Transformer
+from ..reward_model import RewardModel
 from .config import TrainConfig, TrainingError
 from .corpus import TokenWindows, shared_token_file
 from .env import all_reduce_
@@ -48,6 +54,8 @@ from .sft import ResponseLoss
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_HEAD_KEY = "value_head.weight"  # [1, n_embd], no bias (like GPT2ForSequenceClassification's score)
+VALUE_MODEL_DIR = "value_model"  # value_model="separate": the value network, saved as a reward-model checkpoint
+VALUE_MODELS = ("shared", "separate")
 # Per-token sums PPOLoss reports for a micro-batch, in this order.
 LOSS_STATS = ("pg_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy", "ptx_loss")
 
@@ -78,6 +86,7 @@ class PPOConfig(TrainConfig):
     vf_coef: float = 0.1
     gamma: float = 1.0
     lam: float = 0.95
+    value_model: str = "shared"  # "shared": a head on the policy's body; "separate": a copy of the reward model
     whiten_rewards: bool = False
     missing_eos_penalty: float | None = None  # subtracted from the score of a response without EOS
     ptx_data: str | None = None  # PPO-ptx: a raw-text corpus (file, directory or glob) ...
@@ -97,6 +106,8 @@ class PPOConfig(TrainConfig):
             raise TrainingError("kl_coef must be >= 0 and target_kl > 0")
         if not (self.cliprange > 0 and self.cliprange_value > 0 and self.vf_coef >= 0):
             raise TrainingError("cliprange and cliprange_value must be > 0, vf_coef >= 0")
+        if self.value_model not in VALUE_MODELS:
+            raise TrainingError(f"value_model must be one of {', '.join(VALUE_MODELS)}, got {self.value_model!r}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise TrainingError("gamma and lam must be in [0, 1]")
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
@@ -108,12 +119,23 @@ class PPOConfig(TrainConfig):
 
 
 class PolicyWithValue(nn.Module):
-    """The trained module: the policy (a Transformer) and a scalar value head reading its final hidden states."""
+    """The trained module: the policy (a Transformer) and its value function, either a scalar head reading the
+    policy's final hidden states (`value_head`) or a separate network (`critic`: a body and its `score` head)."""
 
-    def __init__(self, policy: Transformer, value_head: nn.Linear) -> None:
+    def __init__(self, policy: Transformer, value_head: nn.Linear | None = None,
+                 critic: RewardModel | None = None) -> None:
         super().__init__()
+        if (value_head is None) == (critic is None):
+            raise ValueError("give exactly one: a value head on the policy or a separate critic")
         self.policy = policy
         self.value_head = value_head
+        self.critic = critic
+
+    def value_network(self) -> tuple[Transformer, nn.Linear]:
+        """(the body whose final hidden states the values read, the [1, n_embd] head that reads them)."""
+        if self.critic is not None:
+            return self.critic.transformer, self.critic.score
+        return self.policy, self.value_head
 
 
 def new_value_head(n_embd: int, *, init: Tensor | None = None, seed: int = 0) -> nn.Linear:
@@ -143,10 +165,13 @@ class PPOLoss(nn.Module):
         """(loss, stats): the summed per-token PPO loss (+ ptx_weight x the summed cross entropy of the ptx
         windows, when given) and the summed LOSS_STATS (+ that cross entropy sum)."""
         c = self.config
-        out = response_outputs(self.model.policy, query_ids, query_mask, response_ids, response_mask,
-                               temperature=c.temperature, value_head=self.model.value_head, entropy=True)
+        fields = (query_ids, query_mask, response_ids, response_mask)
+        shared = self.model.critic is None
+        out = response_outputs(self.model.policy, *fields, temperature=c.temperature, entropy=True,
+                               value_head=self.model.value_head if shared else None)
+        values = out.values if shared else critic_values(self.model, fields, c.temperature)  # [b, R]
         pg, pg_clipped = policy_loss(out.logprobs, old_logprobs, advantages, c.cliprange)  # [b, R]
-        vf, vf_clipped = value_loss(out.values, old_values, returns, c.cliprange_value)  # [b, R]
+        vf, vf_clipped = value_loss(values, old_values, returns, c.cliprange_value)  # [b, R]
         mask = response_mask
         loss = masked_sum(pg + c.vf_coef * vf, mask)
         log_ratio = out.logprobs - old_logprobs
@@ -195,10 +220,26 @@ class PPO(Objective):
 
     def load_model(self, source: str, *, resumed: bool, model_config: GPTConfig) -> PolicyWithValue:
         policy = super().load_model(source, resumed=resumed, model_config=model_config)
+        if self.config.value_model == "separate":
+            return PolicyWithValue(policy, critic=self.load_critic(Path(source), policy, resumed=resumed))
         if resumed:
             return PolicyWithValue(policy, read_value_head(Path(source), policy.config.n_embd))
         # a fresh head; `prepare` copies the reward model's score into it when there is one
         return PolicyWithValue(policy, new_value_head(policy.config.n_embd, seed=self.config.seed))
+
+    def load_critic(self, source: Path, policy: Transformer, *, resumed: bool) -> RewardModel:
+        """The separate value network: the saved one (resume), else a copy of the reward model, else of the start
+        policy with a new head (reward function)."""
+        from ..errors import CheckpointError, MiniGPTError
+
+        if resumed:
+            try:
+                return RewardModel.from_pretrained(source / VALUE_MODEL_DIR)
+            except MiniGPTError as exc:
+                raise CheckpointError(f"cannot resume the value network: {exc}") from None
+        if self.config.reward_model is not None:
+            return RewardModel.from_pretrained(self.config.reward_model)
+        return RewardModel.from_lm(copy.deepcopy(policy), seed=self.config.seed)
 
     def lm(self, model: PolicyWithValue) -> Transformer:
         return model.policy
@@ -228,12 +269,28 @@ class PPO(Objective):
             run.log(f"PPO-ptx: {token_file.num_tokens:,} tokens of {config.ptx_data}, coefficient {config.ptx_coef}")
         self.scorer = make_scorer(config.reward_model, config.reward_fn, device=run.device, batch_size=run.micro)
         self.tokenizer = run.tokenizer
-        if isinstance(self.scorer, RewardModelScorer) and not run.resumed:
+        if run.model.critic is not None:
+            self.check_critic(run)
+        elif isinstance(self.scorer, RewardModelScorer) and not run.resumed:
             score = self.scorer.model.score.weight
             if score.shape == run.model.value_head.weight.shape:
                 with torch.no_grad():
                     run.model.value_head.weight.copy_(score)
                 run.log("value head initialised from the reward model's score head")
+
+    def check_critic(self, run: Run) -> None:
+        """A separate value network reads the policy's token ids: it must share their vocabulary and hold the
+        longest prompt + response."""
+        critic = run.model.critic.config
+        if isinstance(self.scorer, RewardModelScorer) and \
+                self.scorer.tokenizer.fingerprint() != run.tokenizer.fingerprint():
+            raise TrainingError("--value-model separate copies the reward model, whose tokenizer differs from the "
+                                "policy's; use --value-model shared")
+        if critic.n_positions < run.max_len:
+            raise TrainingError(f"the value network holds {critic.n_positions} positions, fewer than the "
+                                f"{run.max_len} of prompt + response; lower --max-len")
+        run.log(f"separate value network ({critic.n_layer} layers, {critic.n_embd} wide), initialised from "
+                + ("the reward model" if self.config.reward_model else "the start policy with a new head"))
 
     def loss_module(self, model):
         return PPOLoss(model, self.config)
@@ -252,6 +309,9 @@ class PPO(Objective):
 
         def files(tmp: Path) -> None:
             extra(tmp)
+            if model.critic is not None:
+                model.critic.save_pretrained(tmp / VALUE_MODEL_DIR, tokenizer=tokenizer, template=template)
+                return
             head = model.value_head.weight.detach().to("cpu", torch.float32).contiguous()
             save_file({VALUE_HEAD_KEY: head}, str(tmp / VALUE_HEAD_FILE))
 
@@ -274,8 +334,7 @@ class PPO(Objective):
             for i in range(0, len(prompts), micro):
                 part = batch.rows(torch.arange(i, min(i + micro, len(prompts)), device=policy.device))
                 fields = (part.query_ids, part.query_mask, part.response_ids, part.response_mask)
-                values.append(response_outputs(policy, *fields, temperature=c.temperature,
-                                               value_head=model.value_head).values)
+                values.append(critic_values(model, fields, c.temperature))
                 ref_logprobs.append(response_outputs(self.reference, *fields, temperature=c.temperature).logprobs)
         batch.values = torch.cat(values).float()
         texts = [self.tokenizer.decode([t for t, m in zip(ids, keep) if m and t != batch.eos_id])
@@ -388,6 +447,14 @@ class PPO(Objective):
 
     def progress_fields(self, metrics):
         return {"eval": f"{metrics['score']:.3f}", "eval kl": f"{metrics['kl']:.3f}"}
+
+
+def critic_values(model: PolicyWithValue, fields: tuple[Tensor, Tensor, Tensor, Tensor],
+                  temperature: float) -> Tensor:
+    """Values [b, R] of (query_ids, query_mask, response_ids, response_mask) from the value network alone (the
+    policy's body and head when shared): no LM head."""
+    body, head = model.value_network()
+    return response_outputs(body, *fields, temperature=temperature, value_head=head, logprobs=False).values
 
 
 def read_value_head(directory: Path, n_embd: int) -> nn.Linear:

@@ -87,29 +87,31 @@ def sample_responses(policy: Transformer, prompts: list[list[int]], *, max_new_t
 
 @dataclass
 class ResponseOutputs:
-    logprobs: Tensor  # [B, R] log pi(token) at the temperature; 0 on padding
+    logprobs: Tensor | None  # [B, R] log pi(token) at the temperature; 0 on padding
     values: Tensor | None  # [B, R] value head outputs; 0 on padding
     entropy: Tensor | None  # [B, R] entropy of the temperature-scaled next-token distribution; 0 on padding
 
 
 def response_outputs(policy: Transformer, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
                      response_mask: Tensor, *, temperature: float, value_head: nn.Module | None = None,
-                     entropy: bool = False) -> ResponseOutputs:
-    """One full (uncached) forward pass over prompts + responses: per-token log-probs of the responses, and
-    optionally values and entropies. The LM head runs on response tokens only."""
+                     entropy: bool = False, logprobs: bool = True) -> ResponseOutputs:
+    """One full (uncached) forward pass over prompts + responses: per-token log-probs of the responses (unless
+    `logprobs` is False: values alone skip the LM head), and optionally values and entropies. The LM head runs on
+    response tokens only."""
     Q = query_ids.shape[1]
     keep = response_mask.bool()  # [B, R]
     ids = torch.cat([query_ids, response_ids], dim=1)  # [B, Q + R]
     mask = torch.cat([query_mask.long(), keep.long()], dim=1)  # [B, Q + R]
     hidden = policy.features(ids, mask)[:, Q - 1: -1]  # [B, R, C]: the state that predicts each response token
-    token_logps, token_entropy = policy.token_logprobs(hidden[keep], response_ids[keep], temperature=temperature,
-                                                       entropy=entropy)  # [N] each, never the [N, V] logits
-    zeros = torch.zeros(keep.shape, dtype=token_logps.dtype, device=token_logps.device)
-    logprobs = zeros.masked_scatter(keep, token_logps)
-    values = None
+    values = token_logps = entropies = None
     if value_head is not None:
         values = value_head(hidden).squeeze(-1).float() * keep  # [B, R]
-    entropies = None
-    if entropy:  # a statistic, not trained on
-        entropies = zeros.masked_scatter(keep, token_entropy)
-    return ResponseOutputs(logprobs, values, entropies)
+    if logprobs or entropy:
+        token_logps, token_entropy = policy.token_logprobs(hidden[keep], response_ids[keep],
+                                                           temperature=temperature,
+                                                           entropy=entropy)  # [N] each, never the [N, V] logits
+        zeros = torch.zeros(keep.shape, dtype=token_logps.dtype, device=token_logps.device)
+        token_logps = zeros.masked_scatter(keep, token_logps)
+        if entropy:  # a statistic, not trained on
+            entropies = zeros.masked_scatter(keep, token_entropy)
+    return ResponseOutputs(token_logps if logprobs else None, values, entropies)
