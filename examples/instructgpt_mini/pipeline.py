@@ -47,9 +47,11 @@ class Settings:
     ppo_batch: int = 32
     hack_steps: int = 60  # the beta = 0 run
     segments: int = 5  # labeler checkpoints along each PPO run
-    heldout: int = 160  # held-out prompts for the table (40 per family)
+    heldout: int = 120  # held-out prompts for the table (30 per family, of the world's 320)
+    demo_share: float = 1 / 3  # of the other prompts, the share kept for demonstrations; the rest are the RL
+    # prompts (comparisons and PPO), as InstructGPT's 13k SFT prompts against 33k RM and 31k PPO prompts
     best_of: int = 8
-    eval_samples: int = 4  # samples per held-out prompt and model; a prompt's score is their mean
+    eval_samples: int = 6  # samples per held-out prompt and model; a prompt's score is their mean
     temperature: float = 0.7  # sampling for rollouts and evaluation (and PPO's log-probs)
     comparison_temperature: float = 1.0  # the samples labelers rank: more of them differ than at 0.7
     max_new_tokens: int = 16
@@ -159,7 +161,8 @@ class Pipeline:
         and PPO datasets are different prompts too). With one shared set SFT scored ~0.9 on PPO's prompts against
         ~0.65 held out, and PPO had nothing to learn there that carried over."""
         heldout = {t.prompt for t in self.world.tasks(self.s.heldout, seed=self.s.seed * 1000 + 3)}
-        sft_prompts, rl_prompts = self.world.split(heldout, seed=self.s.seed * 1000 + 13)
+        sft_prompts, rl_prompts = self.world.split(heldout, seed=self.s.seed * 1000 + 13,
+                                                   first_share=self.s.demo_share)
         return heldout, sft_prompts, rl_prompts
 
     def pretrain(self) -> dict:

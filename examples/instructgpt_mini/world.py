@@ -83,15 +83,17 @@ class World:
             return [repeat_prompt(word, n) for word in WORDS for n in range(2, 7)]
         return [count_prompt(start, n) for start in range(1, COUNT_FROM + 1) for n in range(2, 7)]
 
-    def split(self, exclude: set[str], seed: int) -> tuple[set[str], set[str]]:
-        """The prompts not in `exclude`, cut in two halves per family (seeded): one for the demonstrations, one for
-        the comparisons and PPO, as InstructGPT's SFT, RM and PPO datasets hold different prompts."""
+    def split(self, exclude: set[str], seed: int, first_share: float = 0.5) -> tuple[set[str], set[str]]:
+        """The prompts not in `exclude`, cut in two per family (seeded), `first_share` of them first: one part for
+        the demonstrations, one for the comparisons and PPO, as InstructGPT's SFT, RM and PPO datasets hold
+        different prompts."""
         rng, first, second = random.Random(seed), set(), set()
         for family in FAMILIES:
             rest = [q for q in self.prompts(family) if q not in exclude]
             rng.shuffle(rest)
-            first.update(rest[: len(rest) // 2])
-            second.update(rest[len(rest) // 2:])
+            cut = round(len(rest) * first_share)
+            first.update(rest[:cut])
+            second.update(rest[cut:])
         return first, second
 
     def tasks(self, count: int, seed: int, exclude: set[str] = frozenset(), distinct: bool = True) -> list[Task]:
