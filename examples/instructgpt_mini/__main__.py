@@ -1,7 +1,7 @@
 """InstructGPT in miniature: pretrain -> SFT -> comparisons -> reward model -> PPO (and PPO-ptx, DPO, best-of-n),
 judged on held-out prompts by a labeler the models never see.
 
-    python -m examples.instructgpt_mini --out runs/mini              # the whole paper, ~30 min on 2 CPU cores
+    python -m examples.instructgpt_mini --out runs/mini              # the whole paper, 26 min on 2 CPU cores
     python -m examples.instructgpt_mini --out runs/mini --seed 1     # another seed
     python -m examples.instructgpt_mini --out runs/tiny --scale 0.1  # a quick smoke run
 
