@@ -59,6 +59,25 @@ def _(x: Tensor, w: Tensor, split: bool) -> Tensor:
     return x.new_empty(*x.shape[:-1], w.shape[1])
 
 
+def _matmul_setup_context(ctx, inputs, output) -> None:
+    x, w, _ = inputs
+    ctx.save_for_backward(x, w)
+
+
+def _matmul_backward(ctx, grad: Tensor):
+    """y = x @ w: dx = dy @ w^T [..., in], dw = x^T dy summed over the leading dims [in, out] (a compiled training
+    step needs these: inductor treats the op as opaque)."""
+    x, w = ctx.saved_tensors
+    grad_x = grad @ w.t() if ctx.needs_input_grad[0] else None
+    grad_w = None
+    if ctx.needs_input_grad[1]:
+        grad_w = x.reshape(-1, x.shape[-1]).t() @ grad.reshape(-1, grad.shape[-1])
+    return grad_x, grad_w, None
+
+
+_opaque_matmul_in_out.register_autograd(_matmul_backward, setup_context=_matmul_setup_context)
+
+
 def _matmul_in_out(x: Tensor, w: Tensor, split: bool) -> Tensor:
     if stored_out_in(w):
         return F.linear(x, w.t())
