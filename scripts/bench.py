@@ -91,7 +91,6 @@ class CTranslate2Model:
         self.generator = ctranslate2.Generator(str(directory), device="cpu", compute_type=compute_type,
                                                inter_threads=1, intra_threads=threads)
         self.vocab = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
-        self.quantized = compute_type.startswith("int8")
         self.weight_bytes = (directory / "model.bin").stat().st_size
 
     def generate(self, ids: torch.Tensor, new: int, *, copies: int = 1, sample: bool = False,

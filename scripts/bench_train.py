@@ -120,7 +120,8 @@ def ppo_child(shape: str, args: argparse.Namespace) -> None:
     from minigpt.train import ppo as ppo_module
 
     n_layer, n_head, n_embd, b, _ = SHAPES[shape]
-    work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench-ppo-")  # removed when this process ends
+    work = Path(scratch.name)
     torch.manual_seed(0)
     save_pretrained(Transformer(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)), work / "policy",
                     tokenizer=Tokenizer.from_pretrained())
@@ -147,13 +148,9 @@ def ppo_child(shape: str, args: argparse.Namespace) -> None:
     train_ppo(config, progress=False, log=lambda _: None)
     rollout, update = (phases[k][args.warmup:] for k in ("rollout", "update"))
     total = [r + u for r, u in zip(rollout, update)]
-    if args.device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"library": "minigpt-ppo", "shape": shape, "seconds": statistics.median(total),
                       "rollout_s": statistics.median(rollout), "update_s": statistics.median(update),
-                      "rollouts": b, "peak_mb": peak}))
+                      "rollouts": b, "peak_mb": peak_memory_mb(args.device)}))
 
 
 def child(library: str, shape: str, args: argparse.Namespace) -> None:
@@ -180,12 +177,15 @@ def child(library: str, shape: str, args: argparse.Namespace) -> None:
         if i >= args.warmup:
             times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
-    if args.device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB (Linux)
     print(json.dumps({"library": library, "shape": shape, "seconds": seconds, "tokens_per_s": b * t / seconds,
-                      "peak_mb": peak}))
+                      "peak_mb": peak_memory_mb(args.device)}))
+
+
+def peak_memory_mb(device: str) -> float:
+    """This process's peak: `max_memory_allocated` on CUDA, peak RSS on a CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB (Linux)
 
 
 def machine_line(device: str) -> str:
