@@ -148,7 +148,7 @@ class Transformer(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         # One copy of the tied matrix, [V, C] as checkpoints store it: the LM head reads it through its [C, V]
         # view (`lm_head`). `minigpt.kernels` may re-lay it out [C, V] at load when that measured faster.
-        self.split_head = True  # as Conv1D.split, for the LM head when it is stored [C, V]
+        self.head_kernel = "in_out_split"  # as Conv1D.kernel, for the LM head
         init_normal_(self.wte.weight, std=0.02)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         init_normal_(self.wpe.weight, std=0.01)
@@ -177,7 +177,7 @@ class Transformer(nn.Module):
         """Logits [B, T, V] from final hidden states [B, T, C]; the output matrix is tied to `wte`."""
         if self.int8_head is not None:
             return self.int8_head(x)
-        return matmul_in_out(x, self.wte.weight.t(), self.split_head)  # [C, V], stored either way
+        return matmul_in_out(x, self.wte.weight.t(), self.head_kernel)  # [C, V], stored either way
 
     def token_logprobs(self, hidden: Tensor, targets: Tensor, *, temperature: float = 1.0,
                        entropy: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minigpt import GPT
-from minigpt.kernels import KERNELS, choose_layouts_, matmul_in_out, relayout, stored_out_in
+from minigpt.kernels import KERNELS, choose_layouts_, matmul_in_out, onednn_available, relayout, stored_out_in
 from minigpt.kernels import Conv1D
 from minigpt.machine import ChoiceStore, machine_id
 
@@ -21,8 +21,8 @@ def test_every_kernel_computes_the_same_product(dtype):
     for kernel in KERNELS:
         stored = relayout(w.clone(), kernel)
         assert stored.shape == w.shape and torch.equal(stored, w)
-        assert stored_out_in(stored) == (kernel == "out_in")
-        out = matmul_in_out(x, stored, split=kernel == "in_out_split")
+        assert stored_out_in(stored) == (kernel in ("out_in", "onednn"))
+        out = matmul_in_out(x, stored, kernel)
         assert torch.allclose(out.double(), expected, atol=tolerance), kernel
 
 
@@ -38,8 +38,8 @@ def test_the_compiled_path_s_opaque_product_has_exact_gradients(out_in):
     w = torch.randn(8, 5, dtype=torch.float64, generator=gen)
     w = (relayout(w, "out_in") if out_in else w).requires_grad_(True)
     assert stored_out_in(w) == out_in
-    assert torch.autograd.gradcheck(lambda a, b: _opaque_matmul_in_out(a, b, False), (x, w))
-    torch.library.opcheck(torch.ops.minigpt.matmul_in_out.default, (x, w, not out_in))
+    assert torch.autograd.gradcheck(lambda a, b: _opaque_matmul_in_out(a, b, "in_out"), (x, w))
+    torch.library.opcheck(torch.ops.minigpt.matmul_in_out.default, (x, w, "onednn" if out_in else "in_out_split"))
 
 
 @torch.no_grad()
@@ -62,14 +62,40 @@ def test_chosen_layouts_keep_names_shapes_values_and_outputs(tiny_dir, dtype):
         assert torch.equal(tuned.generate(ids, 10), plain.generate(ids, 10))
 
 
-def test_an_out_in_layout_trains_and_saves_like_the_checkpoint(tiny_dir, tmp_path):
+@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
+def test_the_onednn_kernel_has_the_same_forward_with_and_without_a_gradient_and_exact_gradients():
+    """oneDNN's linear has no autograd formula of its own: with a gradient wanted the product runs as the opaque op
+    (the same oneDNN call forward, dx = dy w^T and dw = x^T dy backward). Its forward is bit-identical to the
+    no-grad one (so a rollout's log-probs equal the update's), its gradients equal the plain kernel's."""
+    gen = torch.Generator().manual_seed(5)
+    w_plain = torch.randn(64, 96, generator=gen)  # [in, out]
+    x = torch.randn(2, 7, 64, generator=gen)
+    w = relayout(w_plain.clone(), "onednn").requires_grad_(True)
+    with torch.no_grad():
+        no_grad = matmul_in_out(x, w, "onednn")
+    xg = x.clone().requires_grad_(True)
+    out = matmul_in_out(xg, w, "onednn")
+    assert torch.equal(out, no_grad)
+    upstream = torch.randn(out.shape, generator=gen)
+    out.backward(upstream)
+    wp, xp = w_plain.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    (xp @ wp).backward(upstream)
+    torch.testing.assert_close(xg.grad, xp.grad, rtol=0, atol=1e-5)
+    torch.testing.assert_close(w.grad, wp.grad, rtol=0, atol=1e-5)
+    assert w.grad.shape == w.shape
+
+
+@pytest.mark.parametrize("kernel", ["out_in", "onednn"])
+def test_an_out_in_layout_trains_and_saves_like_the_checkpoint(tiny_dir, tmp_path, kernel):
     from safetensors.torch import load_file
 
     model = GPT.from_pretrained(str(tiny_dir), layouts="as-is")
     for module in model.modules():  # force the [out, in] storage everywhere
         if isinstance(module, Conv1D):
-            module.weight = torch.nn.Parameter(relayout(module.weight.data, "out_in"))
-    model.wte.weight = torch.nn.Parameter(relayout(model.wte.weight.data.t(), "out_in").t())
+            module.weight = torch.nn.Parameter(relayout(module.weight.data, kernel))
+            module.kernel = kernel
+    model.wte.weight = torch.nn.Parameter(relayout(model.wte.weight.data.t(), kernel).t())
+    model.head_kernel = kernel
     model.train()
     ids = torch.randint(0, 1000, (2, 8), generator=torch.Generator().manual_seed(2))
     loss = model(ids[:, :-1]).flatten(0, 1).log_softmax(-1).gather(1, ids[:, 1:].reshape(-1, 1)).mean().neg()
