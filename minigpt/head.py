@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .kernels import onednn_applies
+
 CHUNK_BYTES = 32 << 20  # fp32 logits per chunk: 167 rows of GPT-2's vocabulary
 
 
@@ -34,15 +36,40 @@ def matmul_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
+def _onednn(kernel: str, *tensors: Tensor) -> bool:
+    """Whether to run this chunk's products through oneDNN: asked for, and fp32 on a CPU (`minigpt.kernels`)."""
+    return kernel == "onednn" and onednn_applies(*tensors)
+
+
+def _logits(hidden: Tensor, weight: Tensor, temperature: float, kernel: str) -> Tensor:
     """Chunk logits [n, V] in fp32 from hidden [n, C] and weight [V, C] (both already in the matmul dtype)."""
-    logits = (hidden @ weight.t()).float()
+    if _onednn(kernel, hidden, weight):
+        logits = torch.ops.mkldnn._linear_pointwise(hidden, weight, None, "none", [], "")
+    else:
+        logits = (hidden @ weight.t()).float()
     return logits / temperature if temperature != 1.0 else logits
+
+
+def _grad_hidden(grad_logits: Tensor, weight: Tensor, kernel: str) -> Tensor:
+    """d loss / d hidden [n, C] = grad_logits [n, V] @ weight [V, C]."""
+    if _onednn(kernel, grad_logits, weight):
+        return torch.ops.mkldnn._linear_pointwise(grad_logits, weight.t(), None, "none", [], "")
+    return grad_logits @ weight
+
+
+def accumulate_grad_weight_(grad_w: Tensor, grad_logits: Tensor, hidden: Tensor) -> None:
+    """grad_w [V, C] (fp32) += grad_logits^T [V, n] @ hidden [n, C], in place in fp32 (one GEMM that adds into
+    grad_w: no [V, C] temporary per chunk, which cost as much as the product itself)."""
+    if grad_logits.dtype == torch.float32 and hidden.dtype == torch.float32:
+        grad_w.addmm_(grad_logits.t(), hidden)
+    else:  # bf16 autocast: the product in bf16, as the plain path computes it, summed in fp32
+        grad_w += (grad_logits.t() @ hidden).float()
 
 
 class _TokenLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, with_entropy: bool,
+                kernel: str):
         dtype = matmul_dtype(hidden.device, hidden.dtype)
         h, w = hidden.to(dtype), weight.to(dtype)
         n = hidden.shape[0]
@@ -52,21 +79,21 @@ class _TokenLogProbs(torch.autograd.Function):
         entropy = torch.empty_like(logps) if with_entropy else None
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, step):
-                z = _logits(h[s: s + step], w, temperature)  # [n, V]
+                z = _logits(h[s: s + step], w, temperature, kernel)  # [n, V]
                 logp = z.log_softmax(-1)  # [n, V]
                 logps[s: s + step] = logp.gather(1, targets[s: s + step, None])[:, 0]
                 lse[s: s + step] = z[:, 0] - logp[:, 0]
                 if with_entropy:  # H = -sum(p log p)
                     entropy[s: s + step] = -(logp.exp() * logp).sum(-1)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.dtype = temperature, dtype
+        ctx.temperature, ctx.dtype, ctx.kernel = temperature, dtype, kernel
         ctx.mark_non_differentiable(*([entropy] if with_entropy else []))
         return logps, entropy
 
     @staticmethod
     def backward(ctx, grad_logps: Tensor, grad_entropy: Tensor | None):
         hidden, weight, targets, lse = ctx.saved_tensors
-        temperature, dtype = ctx.temperature, ctx.dtype
+        temperature, dtype, kernel = ctx.temperature, ctx.dtype, ctx.kernel
         h, w = hidden.to(dtype), weight.to(dtype)
         step = chunk_rows(weight.shape[0])
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -74,7 +101,7 @@ class _TokenLogProbs(torch.autograd.Function):
             else None
         g = grad_logps.float()
         for s in range(0, hidden.shape[0], step):
-            z = _logits(h[s: s + step], w, temperature)  # [n, V]
+            z = _logits(h[s: s + step], w, temperature, kernel)  # [n, V]
             gz = z.sub_(lse[s: s + step, None]).exp_().mul_(-g[s: s + step, None])  # -g p
             rows = torch.arange(gz.shape[0], device=gz.device)
             gz[rows, targets[s: s + step]] += g[s: s + step]  # + g onehot
@@ -82,10 +109,10 @@ class _TokenLogProbs(torch.autograd.Function):
                 gz /= temperature
             gz = gz.to(dtype)
             if grad_h is not None:
-                grad_h[s: s + step] = (gz @ w).to(hidden.dtype)  # [n, C]
+                grad_h[s: s + step] = _grad_hidden(gz, w, kernel).to(hidden.dtype)  # [n, C]
             if grad_w is not None:
-                grad_w += (gz.t() @ h[s: s + step]).float()  # [V, C]
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
+                accumulate_grad_weight_(grad_w, gz, h[s: s + step])  # [V, C]
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
 
 
 class _SummedNLL(torch.autograd.Function):
@@ -94,7 +121,7 @@ class _SummedNLL(torch.autograd.Function):
     plain path, no recompute."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor):
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, kernel: str):
         dtype = matmul_dtype(hidden.device, hidden.dtype)
         h, w = hidden.to(dtype), weight.to(dtype)
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -104,7 +131,7 @@ class _SummedNLL(torch.autograd.Function):
         step = chunk_rows(weight.shape[0])
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], step):
-                logp = _logits(h[s: s + step], w, 1.0).log_softmax(-1)  # [n, V]
+                logp = _logits(h[s: s + step], w, 1.0, kernel).log_softmax(-1)  # [n, V]
                 rows = torch.arange(logp.shape[0], device=logp.device)
                 total -= logp[rows, targets[s: s + step]].sum(dtype=torch.float64)
                 if want_h or want_w:
@@ -112,9 +139,9 @@ class _SummedNLL(torch.autograd.Function):
                     gz[rows, targets[s: s + step]] -= 1.0  # p - onehot
                     gz = gz.to(dtype)
                     if want_h:
-                        grad_h[s: s + step] = (gz @ w).to(hidden.dtype)  # [n, C]
+                        grad_h[s: s + step] = _grad_hidden(gz, w, kernel).to(hidden.dtype)  # [n, C]
                     if want_w:
-                        grad_w += (gz.t() @ h[s: s + step]).float()  # [V, C]
+                        accumulate_grad_weight_(grad_w, gz, h[s: s + step])  # [V, C]
         ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return total.float()
 
@@ -124,32 +151,32 @@ class _SummedNLL(torch.autograd.Function):
         ctx.grads = None
         scale = grad_total.to(torch.float32)
         return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
-                None if grad_w is None else grad_w * scale.to(grad_w.dtype), None)
+                None if grad_w is None else grad_w * scale.to(grad_w.dtype), None, None)
 
 
-def summed_nll(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+def summed_nll(hidden: Tensor, weight: Tensor, targets: Tensor, *, kernel: str = "in_out") -> Tensor:
     """-sum of log softmax(h W^T)[target] over the rows: the summed next-token cross entropy, as a scalar; its
     gradient is formed during the forward pass (so call it where backward follows, or under no_grad)."""
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be [N, C] and targets [N], got {list(hidden.shape)} and {list(targets.shape)}")
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         with torch.no_grad():
-            return _SummedNLL.forward(_NoGrad(), hidden, weight, targets)
-    return _SummedNLL.apply(hidden, weight, targets)
+            return _SummedNLL.forward(_NoGrad(), hidden, weight, targets, kernel)
+    return _SummedNLL.apply(hidden, weight, targets, kernel)
 
 
 class _NoGrad:
     """Stands in for autograd's ctx when no gradient is wanted."""
 
-    needs_input_grad = (False, False, False)
+    needs_input_grad = (False, False, False, False)
     grads = None
 
 
 def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0,
-                   entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                   entropy: bool = False, kernel: str = "in_out") -> tuple[Tensor, Tensor | None]:
     """log softmax(h W^T / temperature)[target] per row [N] (differentiable in h and W), and with `entropy` the
     entropy of each row's distribution [N] (a statistic: no gradient). hidden [N, C], weight [V, C] (GPT-2's
     `wte.weight`), targets [N]."""
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be [N, C] and targets [N], got {list(hidden.shape)} and {list(targets.shape)}")
-    return _TokenLogProbs.apply(hidden, weight, targets, float(temperature), bool(entropy))
+    return _TokenLogProbs.apply(hidden, weight, targets, float(temperature), bool(entropy), kernel)

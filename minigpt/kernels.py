@@ -54,9 +54,17 @@ def matmul_in_out(x: Tensor, w: Tensor, kernel: str = "in_out") -> Tensor:
     inductor would otherwise write its own matrix-vector loops, measured 2-3x slower than these kernels, and fuse
     the LayerNorm before them into the inner loop."""
     if x.device.type == "cpu" and (torch.compiler.is_compiling() or (
-            kernel == "onednn" and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+            kernel == "onednn" and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+            and onednn_applies(x, w))):
         return torch.ops.minigpt.matmul_in_out(x, w, kernel)
     return _matmul_in_out(x, w, kernel)
+
+
+def onednn_applies(*tensors: Tensor) -> bool:
+    """Whether oneDNN's fp32 linear can multiply these: fp32 CPU tensors, no autocast (under bf16 autocast the
+    plain product autocasts, as everywhere else), and a torch with oneDNN."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) \
+        and not torch.is_autocast_enabled("cpu") and onednn_available()
 
 
 @torch.library.custom_op("minigpt::matmul_in_out", mutates_args=())
@@ -70,15 +78,18 @@ def _(x: Tensor, w: Tensor, kernel: str) -> Tensor:
 
 
 def _matmul_setup_context(ctx, inputs, output) -> None:
-    x, w, _ = inputs
+    x, w, kernel = inputs
     ctx.save_for_backward(x, w)
+    ctx.kernel = kernel
 
 
 def _matmul_backward(ctx, grad: Tensor):
     """y = x @ w: dx = dy @ w^T [..., in], dw = x^T dy summed over the leading dims [in, out] (a compiled training
     step needs these: inductor treats the op as opaque)."""
     x, w = ctx.saved_tensors
-    grad_x = grad @ w.t() if ctx.needs_input_grad[0] else None
+    grad_x = None
+    if ctx.needs_input_grad[0]:  # dy [..., out] @ w^T [out, in]: a product by w's [out, in] view, as forward's
+        grad_x = _matmul_in_out(grad, w.t(), ctx.kernel if ctx.kernel == "onednn" else "in_out")
     grad_w = None
     if ctx.needs_input_grad[1]:
         grad_w = x.reshape(-1, x.shape[-1]).t() @ grad.reshape(-1, grad.shape[-1])
@@ -89,13 +100,12 @@ _opaque_matmul_in_out.register_autograd(_matmul_backward, setup_context=_matmul_
 
 
 def _matmul_in_out(x: Tensor, w: Tensor, kernel: str) -> Tensor:
-    cpu_fp32 = x.device.type == "cpu" and w.dtype == torch.float32 and x.dtype == torch.float32
+    if kernel == "onednn" and onednn_applies(x, w):  # either storage ([out, in] reads fastest)
+        return torch.ops.mkldnn._linear_pointwise(x, w.t(), None, "none", [], "")  # [..., out]
     if stored_out_in(w):
-        if kernel == "onednn" and cpu_fp32 and onednn_available():
-            return torch.ops.mkldnn._linear_pointwise(x, w.t(), None, "none", [], "")  # [..., out]
         return F.linear(x, w.t())
     n_in, n_out = w.shape
-    if kernel != "in_out_split" or not cpu_fp32 or n_out < 2:
+    if kernel != "in_out_split" or x.device.type != "cpu" or w.dtype != torch.float32 or n_out < 2:
         return x @ w
     lead = x.shape[:-1]
     rows = x.reshape(1, -1, n_in)  # [1, M, in]
@@ -224,3 +234,59 @@ def choose_layouts_(model: nn.Module, *, store: ChoiceStore | None = None, remea
             module.head_kernel = kernel
             chosen[f"{name + '.' if name else ''}wte.weight"] = kernel
     return chosen
+
+
+TRAINING_KERNELS = ("in_out_split", "onednn")
+TRAINING_ROWS = 512  # a training micro-batch's rows, for timing
+
+
+def _time_training_kernel(kernel: str, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device,
+                          give_up: float) -> float:
+    """Seconds for the forward and backward products of an [n_in, n_out] projection over TRAINING_ROWS rows."""
+    w = torch.full((n_in, n_out), 0.01, dtype=dtype, device=device, requires_grad=True)
+    x = torch.full((TRAINING_ROWS, n_in), 0.5, dtype=dtype, device=device, requires_grad=True)
+    grad = torch.full((TRAINING_ROWS, n_out), 0.25, dtype=dtype, device=device)
+
+    def step() -> None:
+        matmul_in_out(x, w, kernel).backward(grad)
+        x.grad = w.grad = None
+
+    try:
+        return seconds_per_call([step], give_up)
+    except RuntimeError:  # a kernel this build or CPU cannot run
+        return float("inf")
+
+
+def training_kernel(n_embd: int, dtype: torch.dtype, device: torch.device, *, store: ChoiceStore | None = None,
+                    remeasure: bool = False, timer: Timer = _time_training_kernel) -> str:
+    """The kernel a training run multiplies with (`TRAINING_KERNELS`): timed once per machine on the forward and
+    backward products of an MLP projection ([n_embd, 4 n_embd], TRAINING_ROWS rows) and stored, like the layouts.
+    Training keeps the checkpoint's [in, out] storage; only the kernel that reads it changes (the run saves its
+    kernel, so a resumed run multiplies as the first did). GPUs and non-fp32 weights: the plain product."""
+    if device.type != "cpu" or dtype != torch.float32 or not onednn_available():
+        return "in_out_split"
+    store = store if store is not None else ChoiceStore()
+    n_in, n_out = n_embd, 4 * n_embd
+
+    def measure() -> str:
+        best, best_time = TRAINING_KERNELS[0], float("inf")
+        for kernel in TRAINING_KERNELS:
+            seconds = timer(kernel, n_in, n_out, dtype, device, best_time)
+            if seconds < best_time:
+                best, best_time = kernel, seconds
+        return best
+
+    key = f"training {str(dtype).removeprefix('torch.')} {n_in}x{n_out} rows {TRAINING_ROWS}"
+    return store.choose(machine_id(device), key, measure, valid=TRAINING_KERNELS, remeasure=remeasure)
+
+
+def use_kernel_(model: nn.Module, kernel: str) -> None:
+    """Multiply every projection of `model` (and its tied LM head, in the chunked training head too) by `kernel`,
+    whatever their storage (a training run's choice; `choose_layouts_` picks per weight for decoding)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
+    for module in model.modules():
+        if isinstance(module, Conv1D):
+            module.kernel = kernel
+        elif hasattr(module, "head_kernel"):
+            module.head_kernel = kernel

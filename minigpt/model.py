@@ -187,14 +187,15 @@ class Transformer(nn.Module):
             logps = (self.lm_head(hidden).float() / temperature).log_softmax(-1)  # [N, V]
             ent = -(logps.exp() * logps).sum(-1) if entropy else None
             return logps.gather(-1, targets[:, None])[:, 0], ent
-        return token_logprobs(hidden, self.wte.weight, targets, temperature=temperature, entropy=entropy)
+        return token_logprobs(hidden, self.wte.weight, targets, temperature=temperature, entropy=entropy,
+                              kernel=self.head_kernel)
 
     def summed_nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """The summed next-token cross entropy of targets [N] from final hidden states [N, C], chunked, its gradient
         formed in the same pass (`minigpt.head.summed_nll`): the SFT / pretraining loss."""
         if self.int8_head is not None:
             return -self.token_logprobs(hidden, targets)[0].sum()
-        return summed_nll(hidden, self.wte.weight, targets)
+        return summed_nll(hidden, self.wte.weight, targets, kernel=self.head_kernel)
 
     def forward(
         self,

@@ -23,12 +23,16 @@ def grads(loss: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, tensors))
 
 
+KERNELS = ["in_out", "onednn"]  # the head's products: ATen's, or oneDNN's (a training run's measured choice)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_logprobs_and_entropy_equal_the_plain_path_with_gradients(temperature):
+def test_token_logprobs_and_entropy_equal_the_plain_path_with_gradients(temperature, kernel):
     n = 2 * chunk_rows(V) + 37  # three chunks, the last one ragged
     hidden, weight, targets = inputs(n)
     upstream = torch.randn(n)  # per-token weights, as PPO's and DPO's losses give
-    logps, entropy = token_logprobs(hidden, weight, targets, temperature=temperature, entropy=True)
+    logps, entropy = token_logprobs(hidden, weight, targets, temperature=temperature, entropy=True, kernel=kernel)
     plain = (hidden @ weight.t() / temperature).log_softmax(-1)  # [N, V]
     plain_logps = plain.gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(logps, plain_logps, atol=1e-5, rtol=1e-5)
@@ -40,10 +44,11 @@ def test_token_logprobs_and_entropy_equal_the_plain_path_with_gradients(temperat
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
-def test_summed_nll_equals_cross_entropy_with_gradients_scaled_by_the_upstream_gradient():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_summed_nll_equals_cross_entropy_with_gradients_scaled_by_the_upstream_gradient(kernel):
     n = chunk_rows(V) + 5
     hidden, weight, targets = inputs(n, seed=1)
-    loss = summed_nll(hidden, weight, targets)
+    loss = summed_nll(hidden, weight, targets, kernel=kernel)
     plain = F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
     assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
     got = grads(loss * 0.37, hidden, weight)  # the gradient formed in forward is scaled in backward
@@ -51,7 +56,7 @@ def test_summed_nll_equals_cross_entropy_with_gradients_scaled_by_the_upstream_g
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
     with torch.no_grad():
-        assert float(summed_nll(hidden, weight, targets)) == pytest.approx(float(plain), rel=1e-6)
+        assert float(summed_nll(hidden, weight, targets, kernel=kernel)) == pytest.approx(float(plain), rel=1e-6)
 
 
 def test_bf16_autocast_computes_the_logits_in_bf16_like_the_plain_path():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from minigpt import GPT
+from minigpt.config import GPTConfig
 from minigpt.kernels import KERNELS, choose_layouts_, matmul_in_out, onednn_available, relayout, stored_out_in
 from minigpt.kernels import Conv1D
 from minigpt.machine import ChoiceStore, machine_id
@@ -169,3 +170,25 @@ def test_the_machine_key_names_torch_the_cpu_and_its_flags():
     key = machine_id(torch.device("cpu"))
     assert torch.__version__ in key and "flags " in key
     assert key == machine_id(torch.device("cpu"))  # stable within a machine
+
+
+def test_a_training_run_s_kernel_is_measured_once_per_machine_and_kept_by_its_resume(tmp_path):
+    """`training_kernel` asks the stopwatch once per machine (stored); GPUs and non-fp32 weights keep the plain
+    product without timing; `use_kernel_` sets every projection and the tied head."""
+    from minigpt.kernels import TRAINING_KERNELS, training_kernel, use_kernel_
+
+    store = tmp_path / "kernels.json"
+    calls = []
+    chosen = training_kernel(64, torch.float32, torch.device("cpu"), store=ChoiceStore(store),
+                             timer=fake_timer("onednn", calls))
+    assert chosen == ("onednn" if onednn_available() else "in_out_split") and set(calls) <= set(TRAINING_KERNELS)
+    later = []
+    assert training_kernel(64, torch.float32, torch.device("cpu"), store=ChoiceStore(store),
+                           timer=fake_timer("in_out_split", later)) == chosen and later == []
+    assert training_kernel(64, torch.bfloat16, torch.device("cpu"), store=ChoiceStore(store),
+                           timer=fake_timer("onednn", later)) == "in_out_split" and later == []
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=8))
+    use_kernel_(model, "onednn")
+    assert model.head_kernel == "onednn" and all(m.kernel == "onednn" for m in model.modules() if isinstance(m, Conv1D))
+    with pytest.raises(ValueError, match="unknown kernel"):
+        use_kernel_(model, "fastest")

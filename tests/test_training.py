@@ -168,6 +168,28 @@ def test_adamw_is_fused_and_a_resume_keeps_the_kernel_its_state_was_made_with(te
     assert [g["fused"] for g in groups] == [None, None]
 
 
+@pytest.mark.slow
+def test_a_resume_multiplies_with_the_kernel_its_run_started_with(text_model_dir, tmp_path, monkeypatch):
+    """The products' kernel is measured per machine (`training_kernel`); the run records it, and a resumed run
+    uses the recorded one even where a new measurement would pick the other: bit-identical to a straight run."""
+    from minigpt.kernels import onednn_available
+
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
+    monkeypatch.setattr("minigpt.train.run.training_kernel", lambda *args, **kwargs: "onednn")
+    straight = train(tiny_config(data, tmp_path / "straight", text_model_dir), progress=False)
+    train(tiny_config(data, tmp_path / "split", text_model_dir), progress=False, should_stop=lambda step: step == 3)
+    assert json.loads((tmp_path / "split" / STATE_FILE).read_text())["matmul_kernel"] == "onednn"
+    monkeypatch.setattr("minigpt.train.run.training_kernel", lambda *args, **kwargs: "in_out_split")
+    resumed = resume(tmp_path / "split", progress=False)
+    assert resumed.train_losses == straight.train_losses[3:]
+    a, b = tensors(tmp_path / "straight"), tensors(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = train(tiny_config(data, tmp_path / "plain", text_model_dir), progress=False)
+    assert plain.train_losses == pytest.approx(straight.train_losses, rel=1e-4)  # the same function, rounded apart
+
+
 def test_resume_refuses_changed_settings_or_data_and_keeps_the_checkpoint(text_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", synthetic_instructions(12))
     out = tmp_path / "run"

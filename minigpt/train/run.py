@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..kernels import training_kernel, use_kernel_
 from ..model import Transformer
 from ..progress import Progress, format_duration
 from ..tokenizer import Tokenizer
@@ -137,6 +138,9 @@ class Run:
         self._setup_schedule()
         self._setup_optimizer(saved)
         objective.prepare(self)
+        for part in vars(objective).values():  # its frozen models (a reference, a reward model) multiply alike
+            if isinstance(part, torch.nn.Module):
+                use_kernel_(part, self.matmul_kernel)
         self.loss_module = objective.loss_module(self.model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -179,11 +183,18 @@ class Run:
         for module in self.model.modules():  # the policy, a value or reward model: each Transformer inside
             if isinstance(module, Transformer):
                 module.gradient_checkpointing = config.gradient_checkpointing
+        # The products' kernel: measured once per machine (stored), or the one the resumed run multiplied with
+        # (runs saved before it was recorded used the split product), so a resumed run rounds as the first did.
+        self.matmul_kernel = saved.get("matmul_kernel", "in_out_split") if resumed else \
+            training_kernel(model_config.n_embd, self.model.dtype, self.device)
+        use_kernel_(self.model, self.matmul_kernel)
         for problem in self.report.skipped[:20]:
             self.log(f"skipped {problem}")
         if len(self.report.skipped) > 20:
             self.log(f"skipped {len(self.report.skipped) - 20} more bad lines")
         self.log(f"data: {self.report.summary()}; {len(self.train_set)} train / {len(self.eval_set)} eval")
+        self.log(f"matrix products: {self.matmul_kernel}" + (" (this run's)" if resumed else " (measured once on "
+                 "this machine, then stored: minigpt.kernels.training_kernel)"))
         if self.report.truncated:
             self.log(f"truncated lines: {', '.join(map(str, self.report.truncated[:20]))}")
         if self.report.dropped:
@@ -385,7 +396,7 @@ class Run:
                 "total_steps": self.total_steps,
                 "finished": self.step >= self.total_steps and not self.finish_pending,
                 "config": self.config.to_json(), "data_sha256": self.data_sha, "evals": result.evals,
-                "eval_metrics": result.eval_metrics, "optimizer": optimizer_meta,
+                "eval_metrics": result.eval_metrics, "optimizer": optimizer_meta, "matmul_kernel": self.matmul_kernel,
                 "data_report": {"records": self.report.records, "skipped": self.report.skipped,
                                 "truncated": self.report.truncated, "dropped": self.report.dropped},
             }
