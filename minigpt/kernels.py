@@ -91,8 +91,12 @@ def _matmul_backward(ctx, grad: Tensor):
     if ctx.needs_input_grad[0]:  # dy [..., out] @ w^T [out, in]: a product by w's [out, in] view, as forward's
         grad_x = _matmul_in_out(grad, w.t(), ctx.kernel if ctx.kernel == "onednn" else "in_out")
     grad_w = None
-    if ctx.needs_input_grad[1]:
-        grad_w = x.reshape(-1, x.shape[-1]).t() @ grad.reshape(-1, grad.shape[-1])
+    if ctx.needs_input_grad[1]:  # x^T [in, M] @ dy [M, out]; oneDNN as a linear of x^T by dy^T's [out, M] view
+        rows_x, rows_dy = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])  # [M, in], [M, out]
+        if ctx.kernel == "onednn" and onednn_applies(rows_x, rows_dy):
+            grad_w = torch.ops.mkldnn._linear_pointwise(rows_x.t(), rows_dy.t(), None, "none", [], "")
+        else:
+            grad_w = rows_x.t() @ rows_dy
     return grad_x, grad_w, None
 
 

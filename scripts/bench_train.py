@@ -4,7 +4,8 @@
 Both sides train the same shape on the same random token batch in the same precision: transformers'
 `GPT2LMHeadModel(input_ids, labels=...)` + `torch.optim.AdamW` (the loop a user would write), and minigpt's
 `ResponseLoss` (what SFT and pretraining run: the chunked LM head of `minigpt.head`, no [N, V] logits) + AdamW
-over `minigpt.train.optim.param_groups` with the kernel the trainers pick (`fused_adamw`), and the same with
+over `minigpt.train.optim.param_groups` with the kernel the trainers pick (`fused_adamw`), the products through
+the kernel the trainers measure once per machine (`minigpt.kernels.training_kernel`), and the same with
 `--gradient-checkpointing` (each block's activations recomputed in the backward pass). Each (library, shape) runs
 in a fresh process, so its peak RSS (CPU) or `max_memory_allocated` (CUDA) is its own; tokens/s is the median
 over the timed steps after warm-up steps. Then minigpt's PPO step (`train_ppo` on a random policy, a reward
@@ -60,6 +61,7 @@ def batch(shape: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def minigpt_step(shape: str, device: str, checkpointing: bool = False):
     from minigpt.config import GPTConfig
+    from minigpt.kernels import training_kernel, use_kernel_
     from minigpt.model import Transformer
     from minigpt.train.optim import fused_adamw, param_groups
     from minigpt.train.sft import ResponseLoss
@@ -68,6 +70,7 @@ def minigpt_step(shape: str, device: str, checkpointing: bool = False):
     torch.manual_seed(0)
     model = Transformer(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device).train()
     model.gradient_checkpointing = checkpointing
+    use_kernel_(model, training_kernel(n_embd, model.dtype, torch.device(device)))  # as the trainers do
     optimizer = torch.optim.AdamW(param_groups(model, 0.1)[0], lr=1e-4, fused=fused_adamw(torch.device(device)))
     loss_fn = ResponseLoss(model)
     x, y = batch(shape, device)

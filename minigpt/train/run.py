@@ -186,7 +186,7 @@ class Run:
         # The products' kernel: measured once per machine (stored), or the one the resumed run multiplied with
         # (runs saved before it was recorded used the split product), so a resumed run rounds as the first did.
         self.matmul_kernel = saved.get("matmul_kernel", "in_out_split") if resumed else \
-            training_kernel(model_config.n_embd, self.model.dtype, self.device)
+            training_kernel(model_config.n_embd, next(self.model.parameters()).dtype, self.device)
         use_kernel_(self.model, self.matmul_kernel)
         for problem in self.report.skipped[:20]:
             self.log(f"skipped {problem}")
