@@ -4,7 +4,8 @@
 Reports medians and ratios (transformers time / minigpt time, so > 1 means minigpt is faster) for:
 decode at batch 1 (16-token prompt, 64 new tokens, greedy), 5 samples of one prompt (64 new, top-k 50),
 beam search, prefill of 512 tokens, in each dtype; minigpt also with int8 weights (`quantize="int8"`, in the
-float32 rows) and, with --compile, compiled; CTranslate2 (fp32 and int8, CPU) when it is installed
+float32 rows) and, with --compile, compiled; CTranslate2 (fp32 and int8, CPU; timed in a process of its own,
+since its thread pool slows torch's steps in a shared one) when it is installed
 (`pip install ctranslate2`: the checkpoint is converted with its TransformersConverter into a temporary
 directory; it needs the GPT-2 vocabulary files beside the checkpoint or in $MINIGPT_TOKENIZER_DIR).
 Decode rows give ms per step (time(16+64) - time(16+1), over 63),
@@ -48,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json-out", help="also write the results as JSON here")
     p.add_argument("--no-transformers", action="store_true", help="time minigpt alone")
     p.add_argument("--no-ctranslate2", action="store_true", help="skip the CTranslate2 rows even when installed")
+    p.add_argument("--ctranslate2-child", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # its rows, in a process
     return p.parse_args()
 
 
@@ -220,8 +222,112 @@ def read_floor_gbps() -> float:
     return a.numel() * 4 / statistics.median(times) / 1e9
 
 
+def time_cases(libs: dict, cases: set[str], args, dtype_name: str, device: str, prompt16: torch.Tensor,
+               prompt512: torch.Tensor) -> list[dict]:
+    """Time the decode / samples / beams / prefill cases for every library in `libs`, runs interleaved."""
+    rows: list[dict] = []
+    new = args.new_tokens
+
+    def decode_fn(name, model, ids, n, sample, tokens=new):
+        if name.startswith("ctranslate2"):
+            return lambda: model.generate(ids, tokens, copies=n, sample=sample)
+        if name.startswith("minigpt"):
+            kw = dict(do_sample=True, top_k=50, seed=0) if sample else {}
+            return lambda: model.generate(ids, tokens, num_return_sequences=n, **kw)
+        kw = dict(do_sample=True, top_k=50) if sample else dict(do_sample=False)
+        return lambda: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                      min_new_tokens=tokens, num_return_sequences=n, pad_token_id=0, **kw)
+
+    with torch.inference_mode():
+        if "decode" in cases:
+            log(f"[{dtype_name}] decode batch 1 ...")
+            t = interleave({k: decode_fn(k, m, prompt16, 1, False) for k, m in libs.items()}, args.repeats, device)
+            one = interleave({k: decode_fn(k, m, prompt16, 1, False, 1) for k, m in libs.items()}, args.repeats, device)
+            per_step = {k: (t[k] - one[k]) / (new - 1) for k in t}
+            record(rows, dict(case=f"decode b=1, 16+{new} greedy", dtype=dtype_name, unit="tok/s",
+                             values={k: new / v for k, v in t.items()}, seconds=t, per_step=per_step,
+                             step_bytes={k: decode_bytes_per_step(m) for k, m in libs.items()}))
+        if "samples" in cases:
+            log(f"[{dtype_name}] 5 samples ...")
+            t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, args.repeats, device)
+            record(rows, dict(case=f"5 samples, 16+{new} top-k 50", dtype=dtype_name, unit="tok/s",
+                             values={k: 5 * new / v for k, v in t.items()}, seconds=t))
+        if "beams" in cases:
+            log(f"[{dtype_name}] beam search, 5 beams ...")
+            fns = {}
+            for k, m in libs.items():
+                if k.startswith("ctranslate2"):
+                    fns[k] = (lambda m=m: m.generate(prompt16, new, beams=5))
+                elif k.startswith("minigpt"):
+                    fns[k] = (lambda m=m: m.generate(prompt16, new, num_beams=5, eos_token_id=-1))
+                else:
+                    fns[k] = (lambda m=m: m.generate(prompt16, attention_mask=torch.ones_like(prompt16),
+                                                     max_new_tokens=new, num_beams=5, do_sample=False,
+                                                     eos_token_id=None, pad_token_id=0))
+            t = interleave(fns, args.repeats, device)
+            record(rows, dict(case=f"beam search, 5 beams, 16+{new}", dtype=dtype_name, unit="tok/s",
+                             values={k: new / v for k, v in t.items()}, seconds=t))
+        if "prefill" in cases:
+            log(f"[{dtype_name}] prefill 512 ...")
+            fns = {}
+            for k, m in libs.items():
+                if k.startswith("ctranslate2"):  # its prefill, as the first step of a generation
+                    fns[k] = (lambda m=m: m.generate(prompt512, 1))
+                elif k.startswith("minigpt"):
+                    fns[k] = (lambda m=m: m(prompt512, last_only=True))
+                else:
+                    fns[k] = (lambda m=m: m(prompt512, logits_to_keep=1))
+            t = interleave(fns, args.repeats, device)
+            record(rows, dict(case="prefill 512", dtype=dtype_name, unit="tok/s",
+                             values={k: 512 / v for k, v in t.items()}, seconds=t))
+    return rows
+
+
+def prompts(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The benchmark's prompts [1, 16] and [1, 512]: the same random ids in every process."""
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randint(0, 50000, (1, 16), generator=gen).to(device),
+            torch.randint(0, 50000, (1, 512), generator=gen).to(device))
+
+
+def ctranslate2_rows(model_dir: Path, args) -> list[dict]:
+    """CTranslate2's rows, measured in a child process: with its own thread pool in this process, minigpt's and
+    transformers' steps measured 25-60% slower after CTranslate2 had run (two runtimes' threads on 2 cores)."""
+    command = [sys.executable, __file__, "--ctranslate2-child", str(model_dir), "--cases", args.cases,
+               "--repeats", str(args.repeats), "--new-tokens", str(args.new_tokens)]
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its progress lines pass through stderr
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+    except (ValueError, IndexError):
+        log("the CTranslate2 child printed no results: no CTranslate2 rows")
+        return []
+
+
+def ctranslate2_child(args) -> int:
+    """Convert, check and time CTranslate2 (fp32, int8) alone; print its rows as JSON on stdout."""
+    model_dir = Path(args.ctranslate2_child)
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as work:
+        ct2 = ctranslate2_models(model_dir, Path(work), torch.get_num_threads())
+        if ct2:
+            from minigpt import GPT
+
+            prompt16, prompt512 = prompts("cpu")
+            with torch.inference_mode():  # a sanity check that both compute the same model
+                reference = GPT.from_pretrained(str(model_dir)).generate(prompt16, 16)[0, 16:].tolist()
+            for name, model in ct2.items():
+                same = sum(a == b for a, b in zip(model.generate(prompt16, 16)[0], reference))
+                log(f"  {name} greedy: {same} of 16 tokens equal to minigpt fp32's")
+            rows = time_cases(ct2, set(args.cases.split(",")), args, "float32", "cpu", prompt16, prompt512)
+    print(json.dumps(rows, default=str))
+    return 0
+
+
 def main() -> int:
     args = parse_args()
+    if args.ctranslate2_child:
+        return ctranslate2_child(args)
     from minigpt import GPT
 
     device = args.device
@@ -247,16 +353,12 @@ def main() -> int:
     floor = read_floor_gbps() if device == "cpu" else None
     int8 = not args.no_int8 and device == "cpu"  # int8 is measured on CPUs; on GPUs it is untested (README)
 
-    ct2 = {}
-    if device == "cpu" and not args.no_ctranslate2:
-        ct2_dir = tempfile.TemporaryDirectory()
-        ct2 = ctranslate2_models(model_dir, Path(ct2_dir.name), torch.get_num_threads())
+    ct2_rows: list[dict] = []
+    if device == "cpu" and not args.no_ctranslate2 and "float32" in args.dtypes.split(","):
+        ct2_rows = ctranslate2_rows(model_dir, args)
 
     rows: list[dict] = []
-    new = args.new_tokens
-    gen = torch.Generator().manual_seed(0)
-    prompt16 = torch.randint(0, 50000, (1, 16), generator=gen).to(device)
-    prompt512 = torch.randint(0, 50000, (1, 512), generator=gen).to(device)
+    prompt16, prompt512 = prompts(device)
 
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
@@ -271,66 +373,13 @@ def main() -> int:
                                                               compile=True, quantize=quantize)
         if use_hf:
             libs["transformers"] = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
-        if dtype == torch.float32 and ct2:  # CTranslate2 has no bf16 CPU kernels on most CPUs: fp32 (+int8) only
-            libs.update(ct2)
-            with torch.inference_mode():  # a sanity check that both compute the same model
-                reference = libs["minigpt"].generate(prompt16, 16)[0, 16:].tolist()
-            for name in ct2:
-                same = sum(a == b for a, b in zip(libs[name].generate(prompt16, 16)[0], reference))
-                log(f"  {name} greedy: {same} of 16 tokens equal to minigpt fp32's")
-
-        def decode_fn(name, model, ids, n, sample, tokens=new):
-            if name.startswith("ctranslate2"):
-                return lambda: model.generate(ids, tokens, copies=n, sample=sample)
-            if name.startswith("minigpt"):
-                kw = dict(do_sample=True, top_k=50, seed=0) if sample else {}
-                return lambda: model.generate(ids, tokens, num_return_sequences=n, **kw)
-            kw = dict(do_sample=True, top_k=50) if sample else dict(do_sample=False)
-            return lambda: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                          min_new_tokens=tokens, num_return_sequences=n, pad_token_id=0, **kw)
-
-        with torch.inference_mode():
-            if "decode" in cases:
-                log(f"[{dtype_name}] decode batch 1 ...")
-                t = interleave({k: decode_fn(k, m, prompt16, 1, False) for k, m in libs.items()}, args.repeats, device)
-                one = interleave({k: decode_fn(k, m, prompt16, 1, False, 1) for k, m in libs.items()}, args.repeats, device)
-                per_step = {k: (t[k] - one[k]) / (new - 1) for k in t}
-                record(rows, dict(case=f"decode b=1, 16+{new} greedy", dtype=dtype_name, unit="tok/s",
-                                 values={k: new / v for k, v in t.items()}, seconds=t, per_step=per_step,
-                                 step_bytes={k: decode_bytes_per_step(m) for k, m in libs.items()}))
-            if "samples" in cases:
-                log(f"[{dtype_name}] 5 samples ...")
-                t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, args.repeats, device)
-                record(rows, dict(case=f"5 samples, 16+{new} top-k 50", dtype=dtype_name, unit="tok/s",
-                                 values={k: 5 * new / v for k, v in t.items()}, seconds=t))
-            if "beams" in cases:
-                log(f"[{dtype_name}] beam search, 5 beams ...")
-                fns = {}
-                for k, m in libs.items():
-                    if k.startswith("ctranslate2"):
-                        fns[k] = (lambda m=m: m.generate(prompt16, new, beams=5))
-                    elif k.startswith("minigpt"):
-                        fns[k] = (lambda m=m: m.generate(prompt16, new, num_beams=5, eos_token_id=-1))
-                    else:
-                        fns[k] = (lambda m=m: m.generate(prompt16, attention_mask=torch.ones_like(prompt16),
-                                                         max_new_tokens=new, num_beams=5, do_sample=False,
-                                                         eos_token_id=None, pad_token_id=0))
-                t = interleave(fns, args.repeats, device)
-                record(rows, dict(case=f"beam search, 5 beams, 16+{new}", dtype=dtype_name, unit="tok/s",
-                                 values={k: new / v for k, v in t.items()}, seconds=t))
-            if "prefill" in cases:
-                log(f"[{dtype_name}] prefill 512 ...")
-                fns = {}
-                for k, m in libs.items():
-                    if k.startswith("ctranslate2"):  # its prefill, as the first step of a generation
-                        fns[k] = (lambda m=m: m.generate(prompt512, 1))
-                    elif k.startswith("minigpt"):
-                        fns[k] = (lambda m=m: m(prompt512, last_only=True))
-                    else:
-                        fns[k] = (lambda m=m: m(prompt512, logits_to_keep=1))
-                t = interleave(fns, args.repeats, device)
-                record(rows, dict(case="prefill 512", dtype=dtype_name, unit="tok/s",
-                                 values={k: 512 / v for k, v in t.items()}, seconds=t))
+        rows += time_cases(libs, cases, args, dtype_name, device, prompt16, prompt512)
+        for row in ct2_rows:  # CTranslate2's rows, measured in a process of their own
+            mine = next((r for r in rows if (r["case"], r["dtype"]) == (row["case"], row["dtype"])), None)
+            if mine is not None:
+                for key in ("values", "seconds", "per_step", "step_bytes"):
+                    if key in row:
+                        mine.setdefault(key, {}).update(row[key])
         del libs
 
     if "load" in cases:
