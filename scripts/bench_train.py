@@ -8,7 +8,9 @@ over `minigpt.train.optim.param_groups` with the kernel the trainers pick (`fuse
 the kernel the trainers measure once per machine (`minigpt.kernels.training_kernel`), and the same with
 `--gradient-checkpointing` (each block's activations recomputed in the backward pass). Each (library, shape) runs
 in a fresh process, so its peak RSS (CPU) or `max_memory_allocated` (CUDA) is its own; tokens/s is the median
-over the timed steps after warm-up steps. Then minigpt's PPO step (`train_ppo` on a random policy, a reward
+over the timed steps after warm-up steps. Then a DPO step the same way (minigpt's `DPOLoss` beside the loop a
+user writes with transformers: policy and reference logits, log_softmax, gather, -log sigmoid(beta h), AdamW;
+both run the frozen reference in the step). Then minigpt's PPO step (`train_ppo` on a random policy, a reward
 function; batch = rollouts), split into rollout and update. Prints the machine (CPU model and ISA flags) and
 markdown tables with ratios (> 1: minigpt is faster / smaller).
 
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 
 LIBRARIES = ("transformers", "minigpt", "minigpt-ckpt")
+DPO_LIBRARIES = ("transformers-dpo", "minigpt-dpo")
 CHECKPOINTED = "minigpt-ckpt"  # minigpt with --gradient-checkpointing
 SHAPES = {  # name: (n_layer, n_head, n_embd, batch, sequence)
     "gpt2": (12, 12, 768, 8, 256),
@@ -44,8 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shapes", default="small,gpt2", help="comma-separated of: " + ", ".join(SHAPES))
     p.add_argument("--steps", type=int, default=4, help="timed steps per run (default: 4)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
-    p.add_argument("--objectives", default="lm,ppo", help="lm (side by side with transformers) and/or ppo "
-                   "(minigpt's PPO step: rollout + 4 epochs) (default: lm,ppo)")
+    p.add_argument("--objectives", default="lm,dpo,ppo", help="lm and dpo (side by side with transformers) and/or "
+                   "ppo (minigpt's PPO step: rollout + 4 epochs) (default: lm,dpo,ppo)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (default: fp32)")
     p.add_argument("--json-out", help="also write the results as JSON here")
@@ -98,6 +101,87 @@ def transformers_step(shape: str, device: str):
     def step() -> None:
         out = model(input_ids=ids, labels=ids)
         out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+DPO_BETA = 0.1
+
+
+def dpo_batch(shape: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` rows as pairs (rows 2i and 2i+1: preferred, other) of `seq` tokens; the second half of each row is
+    its response: input ids [R, T] and next-token targets [R, T] with -100 on the prompt positions."""
+    x, y = batch(shape, device)
+    targets = y.clone()
+    targets[:, : y.shape[1] // 2] = -100
+    return x, targets
+
+
+def minigpt_dpo_step(shape: str, device: str):
+    """minigpt's `DPOLoss` (summed response log-probs through the chunked head) with the frozen reference run in
+    the step, as transformers' loop below does (the DPO trainer precomputes the reference's log-probs once
+    instead, which makes its steps cheaper still)."""
+    from types import SimpleNamespace
+
+    from minigpt.config import GPTConfig
+    from minigpt.kernels import training_kernel, use_kernel_
+    from minigpt.model import Transformer
+    from minigpt.train.dpo import DPOLoss
+    from minigpt.train.optim import fused_adamw, param_groups
+
+    n_layer, n_head, n_embd, b, _ = SHAPES[shape]
+    torch.manual_seed(0)
+    policy = Transformer(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device).train()
+    reference = Transformer(policy.config).to(device).eval().requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    kernel = training_kernel(n_embd, torch.float32, torch.device(device))
+    use_kernel_(policy, kernel)
+    use_kernel_(reference, kernel)
+    optimizer = torch.optim.AdamW(param_groups(policy, 0.1)[0], lr=1e-6, fused=fused_adamw(torch.device(device)))
+    loss_fn = DPOLoss(policy, reference, SimpleNamespace(beta=DPO_BETA, loss="sigmoid", label_smoothing=0.0))
+    x, targets = dpo_batch(shape, device)
+    pairs = torch.arange(b // 2, device=device)
+    fields = dict(input_ids=x, targets=targets, reward_ids=x, better=2 * pairs, worse=2 * pairs + 1,
+                  pair_record=pairs, row_record=torch.arange(b, device=device) // 2,
+                  margins=torch.zeros(b // 2, device=device), ref_logps=None)
+
+    def step() -> None:
+        loss_fn(**fields).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def transformers_dpo_step(shape: str, device: str):
+    """The DPO loop a user writes with transformers (TRL's default keeps the reference in memory): policy and
+    reference logits [R, T, V], log_softmax, gather the response tokens, -log sigmoid(beta h), AdamW."""
+    import torch.nn.functional as F
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_layer, n_head, n_embd, *_ = SHAPES[shape]
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)
+    policy = GPT2LMHeadModel(config).to(device).train()
+    reference = GPT2LMHeadModel(config).to(device).eval().requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    x, targets = dpo_batch(shape, device)
+    keep = targets != -100
+
+    def logps(model) -> torch.Tensor:
+        token = model(input_ids=x).logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        return (token * keep).sum(-1)  # [R]
+
+    def step() -> None:
+        with torch.no_grad():
+            ref = logps(reference)
+        pol = logps(policy)
+        h = (pol[0::2] - pol[1::2]) - (ref[0::2] - ref[1::2])
+        (-F.logsigmoid(DPO_BETA * h)).sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -164,6 +248,10 @@ def child(library: str, shape: str, args: argparse.Namespace) -> None:
         return
     if library == "transformers":
         step = transformers_step(shape, args.device)
+    elif library == "transformers-dpo":
+        step = transformers_dpo_step(shape, args.device)
+    elif library == "minigpt-dpo":
+        step = minigpt_dpo_step(shape, args.device)
     else:
         step = minigpt_step(shape, args.device, checkpointing=library == CHECKPOINTED)
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -207,19 +295,23 @@ def main() -> None:
         child(*args.child, args)
         return
     objectives = args.objectives.split(",")
-    rows, ppo_rows = [], []
+    rows, dpo_rows, ppo_rows = [], [], []
     for shape in args.shapes.split(","):
         if "lm" in objectives:
             rows.append({library: run_child(library, shape, args) for library in LIBRARIES})
+        if "dpo" in objectives:
+            dpo_rows.append({library: run_child(library, shape, args) for library in DPO_LIBRARIES})
         if "ppo" in objectives:
             ppo_rows.append(run_child("minigpt-ppo", shape, args))
     print(machine_line(args.device))
     if rows:
         print_lm_table(rows, args)
+    if dpo_rows:
+        print_dpo_table(dpo_rows, args)
     if ppo_rows:
         print_ppo_table(ppo_rows, args)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"lm": rows, "ppo": ppo_rows}, indent=2) + "\n")
+        Path(args.json_out).write_text(json.dumps({"lm": rows, "dpo": dpo_rows, "ppo": ppo_rows}, indent=2) + "\n")
 
 
 def run_child(library: str, shape: str, args: argparse.Namespace) -> dict:
@@ -242,6 +334,20 @@ def print_ppo_table(rows: list[dict], args: argparse.Namespace) -> None:
         n_layer, n_head, n_embd, *_ = SHAPES[r["shape"]]
         print(f"| {r['shape']} ({n_layer}/{n_head}/{n_embd}) | {r['rollouts']} | {r['seconds']:.2f} | "
               f"{r['rollout_s']:.2f} | {r['update_s']:.2f} | {r['peak_mb']:,.0f} |")
+
+
+def print_dpo_table(rows: list[dict], args: argparse.Namespace) -> None:
+    print(f"\nDPO step ({args.precision}, {args.device}; median of {args.steps} steps after {args.warmup}; "
+          "pairs of rows, the second half of each row its response, the frozen reference run in the step)\n")
+    print("| shape (layers/heads/width, rows x seq) | transformers tok/s | minigpt tok/s | speed ratio | "
+          "transformers peak MB | minigpt peak MB | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for results in rows:
+        hf, mg = results["transformers-dpo"], results["minigpt-dpo"]
+        n_layer, n_head, n_embd, b, t = SHAPES[hf["shape"]]
+        print(f"| {hf['shape']} ({n_layer}/{n_head}/{n_embd}, {b}x{t}) | {hf['tokens_per_s']:,.0f} | "
+              f"{mg['tokens_per_s']:,.0f} | {mg['tokens_per_s'] / hf['tokens_per_s']:.2f}x | {hf['peak_mb']:,.0f} | "
+              f"{mg['peak_mb']:,.0f} | {mg['peak_mb'] / hf['peak_mb']:.2f}x |")
 
 
 def print_lm_table(rows: list[dict], args: argparse.Namespace) -> None:
