@@ -9,9 +9,9 @@ on a 2-core AVX2 EPYC a bf16 `x @ W[in, out]` GEMV reads 0.7-1 GB/s while `F.lin
 1.3-3x faster than ATen's fp32 path (MKL) for 1-16 rows, the LM head at 5 rows 11 ms instead of 30.
 
 `choose_layouts_(model)` times the candidates once per machine and (device, dtype, shape) on matrices of the
-model's shapes, for one row (batch-1 decoding) plus eight (sampling, beams, batches), cycling through more bytes than the caches hold (decoding reads every weight from memory),
-re-lays each weight out in place (one matrix at a time: never a second copy of the model) and records the
-kernel on the module. The candidates compute the same function up to fp32 reduction order, and the choices are
+model's shapes, for one row (batch-1 decoding) plus eight (sampling, beams, batches), cycling through more bytes
+than the caches hold (decoding reads every weight from memory), re-lays each weight out in place (one matrix at a
+time: never a second copy of the model) and records the kernel on the module. The candidates compute the same function up to fp32 reduction order, and the choices are
 stored per machine (`minigpt.machine`): every later process reuses them without timing, so the same machine
 gives the same numbers run after run, whatever its load.
 """
@@ -198,8 +198,9 @@ def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.devi
         return "in_out"  # GPUs: one cuBLAS call either way; nothing to gain from timing at load
     # a very wide matrix (the LM head) is timed on a slice of at most CYCLE_BYTES: the same kernel, less memory
     n_out = min(n_out, max(1, CYCLE_BYTES // (n_in * torch.finfo(dtype).bits // 8)))
-    fp32_only = ("in_out_split", "onednn") if onednn_available() else ("in_out_split",)
-    candidates = [k for k in ("out_in", "in_out", *fp32_only) if k in ("out_in", "in_out") or dtype == torch.float32]
+    candidates = ["out_in", "in_out"]
+    if dtype == torch.float32:
+        candidates += ["in_out_split", "onednn"] if onednn_available() else ["in_out_split"]
 
     def measure() -> str:
         best, best_time = "in_out", float("inf")
