@@ -190,6 +190,18 @@ def _time_kernel(kernel: str, n_in: int, n_out: int, dtype: torch.dtype, device:
     return total
 
 
+def _fastest(candidates, timer: Timer, n_in: int, n_out: int, dtype: torch.dtype, device: torch.device, *,
+             default: str) -> str:
+    """The candidate `timer` measures fastest (each timed against the best so far, so a slow one gives up early);
+    `default` when none runs."""
+    best, best_time = default, float("inf")
+    for kernel in candidates:
+        seconds = timer(kernel, n_in, n_out, dtype, device, best_time)
+        if seconds < best_time:
+            best, best_time = kernel, seconds
+    return best
+
+
 def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device, *, store: ChoiceStore,
                    remeasure: bool = False, timer: Timer = _time_kernel, machine: str | None = None) -> str:
     """The kernel that multiplies a vector by an [n_in, n_out] weight fastest on this machine: stored in `store`
@@ -203,12 +215,7 @@ def fastest_kernel(n_in: int, n_out: int, dtype: torch.dtype, device: torch.devi
         candidates += ["in_out_split", "onednn"] if onednn_available() else ["in_out_split"]
 
     def measure() -> str:
-        best, best_time = "in_out", float("inf")
-        for kernel in candidates:
-            seconds = timer(kernel, n_in, n_out, dtype, device, best_time)
-            if seconds < best_time:
-                best, best_time = kernel, seconds
-        return best
+        return _fastest(candidates, timer, n_in, n_out, dtype, device, default="in_out")
 
     key = f"kernel {str(dtype).removeprefix('torch.')} {n_in}x{n_out}"  # (before oneDNN: "layout ...", 1 row)
     return store.choose(machine or machine_id(device), key, measure, valid=tuple(candidates), remeasure=remeasure)
@@ -274,12 +281,7 @@ def training_kernel(n_embd: int, dtype: torch.dtype, device: torch.device, *, st
     n_in, n_out = n_embd, 4 * n_embd
 
     def measure() -> str:
-        best, best_time = TRAINING_KERNELS[0], float("inf")
-        for kernel in TRAINING_KERNELS:
-            seconds = timer(kernel, n_in, n_out, dtype, device, best_time)
-            if seconds < best_time:
-                best, best_time = kernel, seconds
-        return best
+        return _fastest(TRAINING_KERNELS, timer, n_in, n_out, dtype, device, default=TRAINING_KERNELS[0])
 
     key = f"training {str(dtype).removeprefix('torch.')} {n_in}x{n_out} rows {TRAINING_ROWS}"
     return store.choose(machine_id(device), key, measure, valid=TRAINING_KERNELS, remeasure=remeasure)
