@@ -57,13 +57,16 @@ def _grad_hidden(grad_logits: Tensor, weight: Tensor, kernel: str) -> Tensor:
     return grad_logits @ weight
 
 
-def accumulate_grad_weight_(grad_w: Tensor, grad_logits: Tensor, hidden: Tensor) -> None:
-    """grad_w [V, C] (fp32) += grad_logits^T [V, n] @ hidden [n, C], in place in fp32 (one GEMM that adds into
-    grad_w: no [V, C] temporary per chunk, which cost as much as the product itself)."""
+def accumulate_grad_weight(grad_w: Tensor | None, grad_logits: Tensor, hidden: Tensor) -> Tensor:
+    """grad_w [V, C] (fp32) + grad_logits^T [V, n] @ hidden [n, C]: the first chunk's product (grad_w None) starts
+    it, later ones add into it in place in fp32 (one GEMM that adds into grad_w: no [V, C] temporary per chunk,
+    which cost as much as the product itself; no zero-filled [V, C] start either)."""
     if grad_logits.dtype == torch.float32 and hidden.dtype == torch.float32:
-        grad_w.addmm_(grad_logits.t(), hidden)
-    else:  # bf16 autocast: the product in bf16, as the plain path computes it, summed in fp32
-        grad_w += (grad_logits.t() @ hidden).float()
+        if grad_w is None:
+            return grad_logits.t() @ hidden
+        return grad_w.addmm_(grad_logits.t(), hidden)
+    product = (grad_logits.t() @ hidden).float()  # bf16 autocast: the product in bf16, as the plain path, summed in fp32
+    return product if grad_w is None else grad_w.add_(product)
 
 
 class _TokenLogProbs(torch.autograd.Function):
@@ -97,8 +100,7 @@ class _TokenLogProbs(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         step = chunk_rows(weight.shape[0])
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] \
-            else None
+        grad_w = None  # [V, C] fp32, from the first chunk on
         g = grad_logps.float()
         for s in range(0, hidden.shape[0], step):
             z = _logits(h[s: s + step], w, temperature, kernel)  # [n, V]
@@ -110,8 +112,10 @@ class _TokenLogProbs(torch.autograd.Function):
             gz = gz.to(dtype)
             if grad_h is not None:
                 grad_h[s: s + step] = _grad_hidden(gz, w, kernel).to(hidden.dtype)  # [n, C]
-            if grad_w is not None:
-                accumulate_grad_weight_(grad_w, gz, h[s: s + step])  # [V, C]
+            if ctx.needs_input_grad[1]:
+                grad_w = accumulate_grad_weight(grad_w, gz, h[s: s + step])  # [V, C]
+        if ctx.needs_input_grad[1] and grad_w is None:  # no rows
+            grad_w = torch.zeros_like(weight)
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
 
 
@@ -126,7 +130,7 @@ class _SummedNLL(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        grad_w = None  # [V, C] fp32, from the first chunk on
         total = torch.zeros((), dtype=torch.float64, device=hidden.device)
         step = chunk_rows(weight.shape[0])
         with torch.autocast(hidden.device.type, enabled=False):
@@ -141,7 +145,9 @@ class _SummedNLL(torch.autograd.Function):
                     if want_h:
                         grad_h[s: s + step] = _grad_hidden(gz, w, kernel).to(hidden.dtype)  # [n, C]
                     if want_w:
-                        accumulate_grad_weight_(grad_w, gz, h[s: s + step])  # [V, C]
+                        grad_w = accumulate_grad_weight(grad_w, gz, h[s: s + step])  # [V, C]
+        if want_w and grad_w is None:  # no rows
+            grad_w = torch.zeros_like(weight)
         ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return total.float()
 

@@ -5,7 +5,9 @@ Both sides train the same shape on the same random token batch in the same preci
 `GPT2LMHeadModel(input_ids, labels=...)` + `torch.optim.AdamW` (the loop a user would write), and minigpt's
 `ResponseLoss` (what SFT and pretraining run: the chunked LM head of `minigpt.head`, no [N, V] logits) + AdamW
 over `minigpt.train.optim.param_groups` with the kernel the trainers pick (`fused_adamw`), the products through
-the kernel the trainers measure once per machine (`minigpt.kernels.training_kernel`), and the same with
+the kernel the trainers measure once per machine (`minigpt.kernels.training_kernel`), on a CPU with freed memory
+kept for reuse as the trainers keep it (`minigpt.train.env.keep_freed_memory`; the transformers loop runs with
+glibc's defaults, as a user's does; set `MALLOC_MMAP_THRESHOLD_` to give both the same), and the same with
 `--gradient-checkpointing` (each block's activations recomputed in the backward pass). Each (library, shape) runs
 in a fresh process, so its peak RSS (CPU) or `max_memory_allocated` (CUDA) is its own; tokens/s is the median
 over the timed steps after warm-up steps. Then a DPO step the same way (minigpt's `DPOLoss` beside the loop a
@@ -243,6 +245,10 @@ def ppo_child(shape: str, args: argparse.Namespace) -> None:
 def child(library: str, shape: str, args: argparse.Namespace) -> None:
     """Run one (library, shape) and print its JSON line: tokens/s and peak memory."""
     torch.set_num_threads(torch.get_num_threads())
+    if library.startswith("minigpt") and args.device == "cpu":  # as minigpt's trainers do on a CPU
+        from minigpt.train.env import keep_freed_memory
+
+        keep_freed_memory()
     if library == "minigpt-ppo":
         ppo_child(shape, args)
         return

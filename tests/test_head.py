@@ -59,6 +59,13 @@ def test_summed_nll_equals_cross_entropy_with_gradients_scaled_by_the_upstream_g
         assert float(summed_nll(hidden, weight, targets, kernel=kernel)) == pytest.approx(float(plain), rel=1e-6)
 
 
+def test_no_rows_give_a_zero_weight_gradient():
+    hidden, weight, targets = inputs(0)
+    for loss in (summed_nll(hidden, weight, targets), token_logprobs(hidden, weight, targets)[0].sum()):
+        grad_hidden, grad_weight = grads(loss, hidden, weight)
+        assert grad_hidden.shape == (0, 48) and grad_weight.shape == weight.shape and not grad_weight.any()
+
+
 def test_bf16_autocast_computes_the_logits_in_bf16_like_the_plain_path():
     hidden, weight, targets = inputs(64, seed=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -379,3 +379,34 @@ def test_random_init_is_explicit_and_seeded(text_model_dir, sft_data, tmp_path):
     with pytest.raises(Exception, match="unknown preset"):
         train(TrainConfig(data=str(sft_data), out=str(tmp_path / "d"), model="gpt3", random_init=True,
                           tokenizer=str(text_model_dir)), progress=False)
+
+
+KEEP_FREED_PROBE = """
+import resource, sys, torch
+from minigpt.train.env import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+for _ in range(3):
+    torch.empty(50_000_000).fill_(1.0)  # 200 MB, freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(50_000_000).fill_(1.0)  # the same size again: faulted in anew, or the freed block reused
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_freed_memory_reuses_a_freed_block_instead_of_faulting_it_in_again():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # CI sets these itself
+
+    def probe(mode: str, **extra: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", KEEP_FREED_PROBE, mode], env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    kept, kept_faults = probe("keep")
+    if kept != "True":
+        pytest.skip("not glibc")
+    _, plain_faults = probe("plain")
+    pages = 200_000_000 // 4096
+    assert plain_faults > pages // 2  # glibc unmapped the first block; the second is faulted in page by page
+    assert kept_faults < pages // 20  # the freed block was reused
+    assert probe("keep", MALLOC_TRIM_THRESHOLD_="1")[0] == "False"  # a user's own setting is left alone

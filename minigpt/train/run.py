@@ -34,7 +34,8 @@ from ..progress import Progress, format_duration
 from ..tokenizer import Tokenizer
 from .config import TrainConfig, TrainingError
 from .data import DataReport, PromptTemplate
-from .env import Distributed, StopRequest, all_reduce_, barrier, close_distributed, init_distributed, pick_device
+from .env import (Distributed, StopRequest, all_reduce_, barrier, close_distributed, init_distributed,
+                  KEEP_FREED_BYTES, keep_freed_memory, pick_device)
 from .objective import Objective, StepResult, start_model_config
 from .optim import EpochSampler, fused_adamw, lr_at, micro_batches, param_groups
 from .report import Reporters, default_report_dir
@@ -121,6 +122,8 @@ class Run:
             config.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist: Distributed = init_distributed(self.device_type)
         self.device = pick_device(config.device, self.dist)
+        # CPU steps free and reallocate blocks of hundreds of MB: keep them mapped rather than fault them in anew
+        self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory()
         self.show = progress and self.dist.main
         objective.show_progress = self.show
         self.resumed = saved is not None
@@ -195,6 +198,9 @@ class Run:
         self.log(f"data: {self.report.summary()}; {len(self.train_set)} train / {len(self.eval_set)} eval")
         self.log(f"matrix products: {self.matmul_kernel}" + (" (this run's)" if resumed else " (measured once on "
                  "this machine, then stored: minigpt.kernels.training_kernel)"))
+        if self.keeps_freed_memory:
+            self.log(f"memory: freed blocks up to {KEEP_FREED_BYTES >> 20} MB are kept for reuse, not returned to the "
+                     "system (glibc mallopt: minigpt.train.env.keep_freed_memory)")
         if self.report.truncated:
             self.log(f"truncated lines: {', '.join(map(str, self.report.truncated[:20]))}")
         if self.report.dropped:
