@@ -8,6 +8,7 @@ import torch
 from helpers import copy_tokenizer_files, locate_tokenizer_files, make_hf_model, save_layouts
 
 from minigpt import GPT, Tokenizer
+from minigpt.train.env import keep_freed_memory
 
 # Tests never wait on the network (the tokenizer lookup below may download 1.5 MB once, in a child process,
 # unless the user had set HF_HUB_OFFLINE themselves).
@@ -16,6 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Measured kernel choices go to a file of this test session, never the user's ~/.cache (subprocesses inherit it).
 os.environ.setdefault("MINIGPT_KERNEL_CACHE", os.path.join(tempfile.mkdtemp(prefix="minigpt-kernels-"), "k.json"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Freed blocks of hundreds of MB (a 50,257-token head's logits and gradients) stay mapped for reuse, as the trainers
+# keep them (minigpt.train.env.keep_freed_memory), instead of being faulted in again by the next test.
+keep_freed_memory()
 
 
 def pytest_addoption(parser):
