@@ -51,9 +51,6 @@ class StopRequest:
         return False
 
 
-
-
-
 KEEP_FREED_BYTES = 1 << 30  # freed blocks up to this size stay mapped for reuse (`keep_freed_memory`)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
