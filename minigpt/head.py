@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import onednn_applies
+from .kernels import onednn_applies, onednn_linear
 
 CHUNK_BYTES = 32 << 20  # fp32 logits per chunk: 167 rows of GPT-2's vocabulary
 
@@ -44,7 +44,7 @@ def _onednn(kernel: str, *tensors: Tensor) -> bool:
 def _logits(hidden: Tensor, weight: Tensor, temperature: float, kernel: str) -> Tensor:
     """Chunk logits [n, V] in fp32 from hidden [n, C] and weight [V, C] (both already in the matmul dtype)."""
     if _onednn(kernel, hidden, weight):
-        logits = torch.ops.mkldnn._linear_pointwise(hidden, weight, None, "none", [], "")
+        logits = onednn_linear(hidden, weight)
     else:
         logits = (hidden @ weight.t()).float()
     return logits / temperature if temperature != 1.0 else logits
@@ -53,7 +53,7 @@ def _logits(hidden: Tensor, weight: Tensor, temperature: float, kernel: str) -> 
 def _grad_hidden(grad_logits: Tensor, weight: Tensor, kernel: str) -> Tensor:
     """d loss / d hidden [n, C] = grad_logits [n, V] @ weight [V, C]."""
     if _onednn(kernel, grad_logits, weight):
-        return torch.ops.mkldnn._linear_pointwise(grad_logits, weight.t(), None, "none", [], "")
+        return onednn_linear(grad_logits, weight.t())
     return grad_logits @ weight
 
 

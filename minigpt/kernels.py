@@ -11,8 +11,8 @@ on a 2-core AVX2 EPYC a bf16 `x @ W[in, out]` GEMV reads 0.7-1 GB/s while `F.lin
 `choose_layouts_(model)` times the candidates once per machine and (device, dtype, shape) on matrices of the
 model's shapes, for one row (batch-1 decoding) plus eight (sampling, beams, batches), cycling through more bytes
 than the caches hold (decoding reads every weight from memory), re-lays each weight out in place (one matrix at a
-time: never a second copy of the model) and records the kernel on the module. The candidates compute the same function up to fp32 reduction order, and the choices are
-stored per machine (`minigpt.machine`): every later process reuses them without timing, so the same machine
+time: never a second copy of the model) and records the kernel on the module. The candidates compute the same
+function up to fp32 reduction order, and the choices are stored per machine (`minigpt.machine`): every later process reuses them without timing, so the same machine
 gives the same numbers run after run, whatever its load.
 """
 
@@ -67,6 +67,11 @@ def onednn_applies(*tensors: Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu") and onednn_available()
 
 
+def onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x [..., K] @ weight [N, K]^T -> [..., N] through oneDNN's fp32 linear (check `onednn_applies` first)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
 @torch.library.custom_op("minigpt::matmul_in_out", mutates_args=())
 def _opaque_matmul_in_out(x: Tensor, w: Tensor, kernel: str) -> Tensor:
     return _matmul_in_out(x, w, kernel)
@@ -94,7 +99,7 @@ def _matmul_backward(ctx, grad: Tensor):
     if ctx.needs_input_grad[1]:  # x^T [in, M] @ dy [M, out]; oneDNN as a linear of x^T by dy^T's [out, M] view
         rows_x, rows_dy = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])  # [M, in], [M, out]
         if ctx.kernel == "onednn" and onednn_applies(rows_x, rows_dy):
-            grad_w = torch.ops.mkldnn._linear_pointwise(rows_x.t(), rows_dy.t(), None, "none", [], "")
+            grad_w = onednn_linear(rows_x.t(), rows_dy.t())
         else:
             grad_w = rows_x.t() @ rows_dy
     return grad_x, grad_w, None
@@ -105,7 +110,7 @@ _opaque_matmul_in_out.register_autograd(_matmul_backward, setup_context=_matmul_
 
 def _matmul_in_out(x: Tensor, w: Tensor, kernel: str) -> Tensor:
     if kernel == "onednn" and onednn_applies(x, w):  # either storage ([out, in] reads fastest)
-        return torch.ops.mkldnn._linear_pointwise(x, w.t(), None, "none", [], "")  # [..., out]
+        return onednn_linear(x, w.t())  # [..., out]
     if stored_out_in(w):
         return F.linear(x, w.t())
     n_in, n_out = w.shape
