@@ -68,7 +68,12 @@ def onednn_applies(*tensors: Tensor) -> bool:
 
 
 def onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x [..., K] @ weight [N, K]^T -> [..., N] through oneDNN's fp32 linear (check `onednn_applies` first)."""
+    """x [..., K] @ weight [N, K]^T -> [..., N] through oneDNN's fp32 linear (check `onednn_applies` first).
+
+    Under torch.compile it goes through the opaque `minigpt::matmul_in_out`: inductor lowers oneDNN's linear only
+    for weights it has frozen into constants, and fails on a parameter (a compiled training step, the chunked head)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.minigpt.matmul_in_out(x, weight.t(), "onednn")
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
