@@ -6,7 +6,8 @@ the logits. So each choice is measured once per machine and kept in a small JSON
 
     $MINIGPT_KERNEL_CACHE, else $XDG_CACHE_HOME/minigpt/kernels.json (default ~/.cache/minigpt/kernels.json),
 
-under the machine (torch version, CPU model and ISA flags, or the GPU's name) and what was measured (kind,
+under the machine (torch version, CPU model and ISA flags, any instruction-set cap set in the environment, or the
+GPU's name) and what was measured (kind,
 dtype, shape). The same machine then gives the same layouts, hence the same tokens, run after run, and a load
 after the first pays no timing. Writes are atomic (a temporary file renamed over the old one); a file that
 cannot be read is measured again and rewritten, an unwritable one just means measuring in each process.
@@ -32,6 +33,9 @@ MODES = ("measure", "remeasure", "as-is")
 FORMAT = 1
 ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
              "amx_bf16", "amx_int8", "asimd", "sve", "bf16", "i8mm")  # shown in the key; all flags are hashed
+# Variables that cap the instruction sets the libraries use (ATen's vector kernels, oneDNN, MKL): a process run
+# under a cap is a different machine for the kernels, so a cap set here is part of the key.
+ISA_CAP_ENVS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def cache_path() -> Path:
@@ -63,7 +67,8 @@ def cpu_description() -> tuple[str, list[str]]:
 
 
 def machine_id(device: torch.device) -> str:
-    """What a measurement holds for: torch's version and the CPU (model, ISA flags) or the accelerator's name."""
+    """What a measurement holds for: torch's version and the CPU (model, ISA flags, caps set in the environment)
+    or the accelerator's name."""
     if device.type == "cuda":
         return f"torch {torch.__version__} | {torch.cuda.get_device_name(device)}"
     if device.type != "cpu":
@@ -71,7 +76,13 @@ def machine_id(device: torch.device) -> str:
     model, flags = cpu_description()
     shown = " ".join(f for f in ISA_FLAGS if f in flags)
     digest = hashlib.sha256(" ".join(flags).encode()).hexdigest()[:12]
-    return f"torch {torch.__version__} | {model} | {shown} | flags {digest} | {os.cpu_count()} cpus"
+    caps = "".join(f" | {cap}" for cap in isa_caps())
+    return f"torch {torch.__version__} | {model} | {shown} | flags {digest} | {os.cpu_count()} cpus{caps}"
+
+
+def isa_caps(names: tuple[str, ...] = ISA_CAP_ENVS) -> list[str]:
+    """The instruction-set caps set in this process's environment, as NAME=value (benchmarks print them)."""
+    return [f"{name}={os.environ[name]}" for name in names if os.environ.get(name)]
 
 
 class ChoiceStore:

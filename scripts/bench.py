@@ -435,8 +435,11 @@ def machine_line(device: str) -> str:
                 break
     except OSError:
         pass
+    from minigpt.machine import ISA_CAP_ENVS, isa_caps
+
+    caps = isa_caps(ISA_CAP_ENVS + ("CT2_FORCE_CPU_ISA",))
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"flags: {cpu_flags()}")
+            f"flags: {cpu_flags()}" + (f"; instruction sets capped: {' '.join(caps)}" if caps else ""))
 
 
 def print_table(rows: list[dict], args, device: str, floor: float | None) -> None:

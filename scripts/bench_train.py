@@ -288,11 +288,13 @@ def peak_memory_mb(device: str) -> float:
 def machine_line(device: str) -> str:
     if device.startswith("cuda"):
         return f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    from minigpt.machine import cpu_description
+    from minigpt.machine import cpu_description, isa_caps
 
     model, flags = cpu_description()
     shown = " ".join(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))  # what picks the kernels
-    return f"CPU: {model}, {torch.get_num_threads()} threads, flags {shown}; torch {torch.__version__}"
+    caps = isa_caps()
+    return (f"CPU: {model}, {torch.get_num_threads()} threads, flags {shown}; torch {torch.__version__}"
+            + (f"; instruction sets capped: {' '.join(caps)}" if caps else ""))
 
 
 def main() -> None:

@@ -166,10 +166,15 @@ def test_the_layout_policy_comes_from_the_argument_or_the_environment(tiny_dir, 
         GPT.from_pretrained(str(tiny_dir))
 
 
-def test_the_machine_key_names_torch_the_cpu_and_its_flags():
+def test_the_machine_key_names_torch_the_cpu_and_its_flags(monkeypatch):
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(name, raising=False)
     key = machine_id(torch.device("cpu"))
     assert torch.__version__ in key and "flags " in key
     assert key == machine_id(torch.device("cpu"))  # stable within a machine
+    # An instruction-set cap makes a different machine for the kernels: its choices are measured apart.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert machine_id(torch.device("cpu")) == key + " | ONEDNN_MAX_CPU_ISA=AVX2"
 
 
 def test_a_training_run_s_kernel_is_measured_once_per_machine_and_kept_by_its_resume(tmp_path):
