@@ -77,6 +77,21 @@ def onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
+def linear_in_out(x: Tensor, w: Tensor, bias: Tensor, kernel: str, residual: Tensor | None = None) -> Tensor:
+    """[residual +] x [..., in] @ w [in, out] + bias [out] -> [..., out]: `matmul_in_out` and the additions.
+
+    With "onednn" and no gradient wanted (decoding, scoring, rollouts) the additions are fused into oneDNN's
+    product: it adds them to the product's fp32 result as the separate additions would, so the bits are the same
+    (tests/test_kernels.py), with one op instead of three."""
+    if kernel == "onednn" and not torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+            and onednn_applies(x, w, bias, *(() if residual is None else (residual,))):
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(x, w.t(), bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w.t(), bias, "add")
+    y = matmul_in_out(x, w, kernel) + bias
+    return y if residual is None else residual + y
+
+
 @torch.library.custom_op("minigpt::matmul_in_out", mutates_args=())
 def _opaque_matmul_in_out(x: Tensor, w: Tensor, kernel: str) -> Tensor:
     return _matmul_in_out(x, w, kernel)
@@ -147,8 +162,9 @@ class Conv1D(nn.Module):
         self.kernel = "in_out_split"  # how `weight` is multiplied (`KERNELS`); `choose_layouts_` may measure another
         init_normal_(self.weight, std=0.02)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return matmul_in_out(x, self.weight, self.kernel) + self.bias  # [..., out]
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """x @ weight + bias [..., out], plus `residual` when given (fused where the kernel can)."""
+        return linear_in_out(x, self.weight, self.bias, self.kernel, residual)
 
 
 def relayout(w: Tensor, kernel: str) -> Tensor:

@@ -86,6 +86,25 @@ def test_the_onednn_kernel_has_the_same_forward_with_and_without_a_gradient_and_
     assert w.grad.shape == w.shape
 
 
+@torch.no_grad()
+@pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
+def test_onednn_s_fused_bias_and_residual_give_the_separate_additions_bits():
+    """Decoding fuses `+ bias` and the residual `x +` into oneDNN's product (`linear_in_out`): the same bits as
+    the product followed by the additions, for the model's shapes and any number of rows."""
+    from minigpt.kernels import linear_in_out
+
+    gen = torch.Generator().manual_seed(6)
+    for n_in, n_out in [(64, 192), (192, 64), (100, 257)]:
+        w = relayout(torch.randn(n_in, n_out, generator=gen) * 0.1, "onednn")
+        bias = torch.randn(n_out, generator=gen)
+        for rows in (1, 3, 8, 167, 600):
+            x = torch.randn(1, rows, n_in, generator=gen)
+            residual = torch.randn(1, rows, n_out, generator=gen)
+            separate = matmul_in_out(x, w, "onednn") + bias
+            assert torch.equal(linear_in_out(x, w, bias, "onednn"), separate)
+            assert torch.equal(linear_in_out(x, w, bias, "onednn", residual), residual + separate)
+
+
 @pytest.mark.parametrize("kernel", ["out_in", "onednn"])
 def test_an_out_in_layout_trains_and_saves_like_the_checkpoint(tiny_dir, tmp_path, kernel):
     from safetensors.torch import load_file

@@ -110,3 +110,38 @@ def test_input_longer_than_context_is_refused(tiny_dir):
 def test_config_matches_checkpoint(tiny_dir, tiny_hf):
     config = GPT.from_pretrained(str(tiny_dir)).config
     assert config == GPTConfig(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=1000, eos_token_id=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["measured", "as-is", "onednn", "bf16", "int8"])
+def test_the_decode_step_equals_forward_with_a_cache_bit_for_bit(tiny_dir, variant):
+    """`Transformer.decode` (what generation's steps run) computes forward's numbers exactly: logits and cache, on a
+    left-padded batch, for each kernel and precision."""
+    from minigpt.inference.decode import prefill
+    from minigpt.kernels import onednn_available, use_kernel_
+
+    if variant == "onednn" and not onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    kwargs = {"as-is": {"layouts": "as-is"}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
+    model = GPT.from_pretrained(str(tiny_dir), **kwargs.get(variant, {}))
+    if variant == "onednn":
+        use_kernel_(model, "onednn")  # its fused bias and residual additions
+    ids = random_ids(model.config.vocab_size, batch=3, length=9, seed=8)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[2, :1] = 0
+    _, fast = prefill(model, ids, mask, 16)
+    _, plain = prefill(model, ids, mask, 16)
+    tokens = random_ids(model.config.vocab_size, batch=3, length=6, seed=9)
+    for step in range(tokens.shape[1]):
+        for state in (fast, plain):
+            state.slot_valid[:, state.slot] = True
+        got = model.decode(tokens[:, step], fast.next_position, fast.cache, fast.slot, fast.slot_valid)
+        want = model(tokens[:, step, None], plain.slot_valid, position_ids=plain.next_position[:, None],
+                     cache=plain.cache, cache_slots=torch.tensor([plain.slot]), last_only=True)[:, -1]
+        assert torch.equal(got, want), f"step {step}: max difference {(got - want).abs().max().item()}"
+        for state in (fast, plain):
+            state.next_position += 1
+            state.slot += 1
+    assert all(torch.equal(a, b) for a, b in zip(fast.cache.keys + fast.cache.values,
+                                                 plain.cache.keys + plain.cache.values))
