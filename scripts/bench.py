@@ -5,7 +5,8 @@ Reports medians and ratios (transformers time / minigpt time, so > 1 means minig
 decode at batch 1 (16-token prompt, 64 new tokens, greedy), 5 samples of one prompt (64 new, top-k 50),
 beam search, prefill of 512 tokens, in each dtype; minigpt also with int8 weights (`quantize="int8"`, in the
 float32 rows) and, with --compile, compiled; CTranslate2 (fp32 and int8, CPU; timed in a process of its own,
-since its thread pool slows torch's steps in a shared one) when it is installed
+since its thread pool slows torch's steps in a shared one, one such process per round, rounds alternating with
+minigpt's and transformers' runs so that a slow minute of a shared machine falls on both sides) when installed
 (`pip install ctranslate2`: the checkpoint is converted with its TransformersConverter into a temporary
 directory; it needs the GPT-2 vocabulary files beside the checkpoint or in $MINIGPT_TOKENIZER_DIR).
 Decode rows give ms per step (time(16+64) - time(16+1), over 63),
@@ -18,6 +19,7 @@ Prints the machine (CPU model and ISA flags) and a markdown table.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -50,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-transformers", action="store_true", help="time minigpt alone")
     p.add_argument("--no-ctranslate2", action="store_true", help="skip the CTranslate2 rows even when installed")
     p.add_argument("--ctranslate2-child", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # its rows, in a process
+    p.add_argument("--ctranslate2-work", help=argparse.SUPPRESS)  # where the child converts (once) and reads
+    p.add_argument("--ctranslate2-later-round", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -137,11 +141,12 @@ def ctranslate2_models(model_dir: Path, work: Path, threads: int) -> dict[str, C
         if quantization not in supported:
             log(f"CTranslate2 has no {quantization} kernels on this CPU: no {name!r} rows")
             continue
-        log(f"converting for {name} ({quantization}) ...")
-        out = TransformersConverter(str(source), low_cpu_mem_usage=True).convert(str(work / quantization),
-                                                                                  quantization=quantization,
-                                                                                  force=True)
-        models[name] = CTranslate2Model(Path(out), quantization, threads)
+        out = work / quantization
+        if not (out / "model.bin").exists():  # converted by an earlier round's process: reused
+            log(f"converting for {name} ({quantization}) ...")
+            TransformersConverter(str(source), low_cpu_mem_usage=True).convert(str(out), quantization=quantization,
+                                                                               force=True)
+        models[name] = CTranslate2Model(out, quantization, threads)
     return models
 
 
@@ -158,9 +163,9 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
-def interleave(fns: dict[str, callable], repeats: int, device: str) -> dict[str, float]:
-    """Warm each up once, then run A B A B ...; return the median seconds of each."""
-    for fn in fns.values():
+def interleave(fns: dict[str, callable], repeats: int, device: str, warm_up: bool = True) -> dict[str, float]:
+    """Warm each up once (unless `warm_up` is False), then run A B A B ...; return the median seconds of each."""
+    for fn in fns.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
@@ -223,10 +228,12 @@ def read_floor_gbps() -> float:
 
 
 def time_cases(libs: dict, cases: set[str], args, dtype_name: str, device: str, prompt16: torch.Tensor,
-               prompt512: torch.Tensor) -> list[dict]:
-    """Time the decode / samples / beams / prefill cases for every library in `libs`, runs interleaved."""
+               prompt512: torch.Tensor, repeats: int | None = None, warm_up: bool = True) -> list[dict]:
+    """Time the decode / samples / beams / prefill cases for every library in `libs`, runs interleaved
+    (`repeats` runs each, default --repeats, after one warm-up run unless `warm_up` is False)."""
     rows: list[dict] = []
     new = args.new_tokens
+    repeats = args.repeats if repeats is None else repeats
 
     def decode_fn(name, model, ids, n, sample, tokens=new):
         if name.startswith("ctranslate2"):
@@ -241,15 +248,18 @@ def time_cases(libs: dict, cases: set[str], args, dtype_name: str, device: str, 
     with torch.inference_mode():
         if "decode" in cases:
             log(f"[{dtype_name}] decode batch 1 ...")
-            t = interleave({k: decode_fn(k, m, prompt16, 1, False) for k, m in libs.items()}, args.repeats, device)
-            one = interleave({k: decode_fn(k, m, prompt16, 1, False, 1) for k, m in libs.items()}, args.repeats, device)
+            t = interleave({k: decode_fn(k, m, prompt16, 1, False) for k, m in libs.items()}, repeats, device,
+                           warm_up)
+            one = interleave({k: decode_fn(k, m, prompt16, 1, False, 1) for k, m in libs.items()}, repeats, device,
+                             warm_up)
             per_step = {k: (t[k] - one[k]) / (new - 1) for k in t}
             record(rows, dict(case=f"decode b=1, 16+{new} greedy", dtype=dtype_name, unit="tok/s",
                              values={k: new / v for k, v in t.items()}, seconds=t, per_step=per_step,
                              step_bytes={k: decode_bytes_per_step(m) for k, m in libs.items()}))
         if "samples" in cases:
             log(f"[{dtype_name}] 5 samples ...")
-            t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, args.repeats, device)
+            t = interleave({k: decode_fn(k, m, prompt16, 5, True) for k, m in libs.items()}, repeats, device,
+                           warm_up)
             record(rows, dict(case=f"5 samples, 16+{new} top-k 50", dtype=dtype_name, unit="tok/s",
                              values={k: 5 * new / v for k, v in t.items()}, seconds=t))
         if "beams" in cases:
@@ -264,7 +274,7 @@ def time_cases(libs: dict, cases: set[str], args, dtype_name: str, device: str, 
                     fns[k] = (lambda m=m: m.generate(prompt16, attention_mask=torch.ones_like(prompt16),
                                                      max_new_tokens=new, num_beams=5, do_sample=False,
                                                      eos_token_id=None, pad_token_id=0))
-            t = interleave(fns, args.repeats, device)
+            t = interleave(fns, repeats, device, warm_up)
             record(rows, dict(case=f"beam search, 5 beams, 16+{new}", dtype=dtype_name, unit="tok/s",
                              values={k: new / v for k, v in t.items()}, seconds=t))
         if "prefill" in cases:
@@ -277,7 +287,7 @@ def time_cases(libs: dict, cases: set[str], args, dtype_name: str, device: str, 
                     fns[k] = (lambda m=m: m(prompt512, last_only=True))
                 else:
                     fns[k] = (lambda m=m: m(prompt512, logits_to_keep=1))
-            t = interleave(fns, args.repeats, device)
+            t = interleave(fns, repeats, device, warm_up)
             record(rows, dict(case="prefill 512", dtype=dtype_name, unit="tok/s",
                              values={k: 512 / v for k, v in t.items()}, seconds=t))
     return rows
@@ -290,11 +300,15 @@ def prompts(device: str) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randint(0, 50000, (1, 512), generator=gen).to(device))
 
 
-def ctranslate2_rows(model_dir: Path, args) -> list[dict]:
+def ctranslate2_rows(model_dir: Path, args, work: Path, *, repeats: int, first: bool) -> list[dict]:
     """CTranslate2's rows, measured in a child process: with its own thread pool in this process, minigpt's and
-    transformers' steps measured 25-60% slower after CTranslate2 had run (two runtimes' threads on 2 cores)."""
+    transformers' steps measured 25-60% slower after CTranslate2 had run (two runtimes' threads on 2 cores).
+    The child converts the checkpoint into `work` (once: later rounds reuse it); the first round also checks
+    CTranslate2's greedy tokens against minigpt's and warms up, later ones only time."""
     command = [sys.executable, __file__, "--ctranslate2-child", str(model_dir), "--cases", args.cases,
-               "--repeats", str(args.repeats), "--new-tokens", str(args.new_tokens)]
+               "--repeats", str(repeats), "--new-tokens", str(args.new_tokens), "--ctranslate2-work", str(work)]
+    if not first:
+        command.append("--ctranslate2-later-round")
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # its progress lines pass through stderr
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
@@ -308,20 +322,32 @@ def ctranslate2_child(args) -> int:
     model_dir = Path(args.ctranslate2_child)
     torch.set_num_threads(os.cpu_count() or 1)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as work:
-        ct2 = ctranslate2_models(model_dir, Path(work), torch.get_num_threads())
-        if ct2:
+    ct2 = ctranslate2_models(model_dir, Path(args.ctranslate2_work), torch.get_num_threads())
+    if ct2:
+        prompt16, prompt512 = prompts("cpu")
+        if not args.ctranslate2_later_round:
             from minigpt import GPT
 
-            prompt16, prompt512 = prompts("cpu")
             with torch.inference_mode():  # a sanity check that both compute the same model
                 reference = GPT.from_pretrained(str(model_dir)).generate(prompt16, 16)[0, 16:].tolist()
             for name, model in ct2.items():
                 same = sum(a == b for a, b in zip(model.generate(prompt16, 16)[0], reference))
                 log(f"  {name} greedy: {same} of 16 tokens equal to minigpt fp32's")
-            rows = time_cases(ct2, set(args.cases.split(",")), args, "float32", "cpu", prompt16, prompt512)
+        rows = time_cases(ct2, set(args.cases.split(",")), args, "float32", "cpu", prompt16, prompt512)
     print(json.dumps(rows, default=str))
     return 0
+
+
+def median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """One row per case from several rounds' rows (same cases, same order): each library's median."""
+    merged = []
+    for rows in zip(*rounds):
+        row = dict(rows[0])
+        for key in ("values", "seconds", "per_step"):
+            if key in row:
+                row[key] = {lib: statistics.median(r[key][lib] for r in rows) for lib in row[key]}
+        merged.append(row)
+    return merged
 
 
 def main() -> int:
@@ -353,9 +379,10 @@ def main() -> int:
     floor = read_floor_gbps() if device == "cpu" else None
     int8 = not args.no_int8 and device == "cpu"  # int8 is measured on CPUs; on GPUs it is untested (README)
 
-    ct2_rows: list[dict] = []
-    if device == "cpu" and not args.no_ctranslate2 and "float32" in args.dtypes.split(","):
-        ct2_rows = ctranslate2_rows(model_dir, args)
+    with_ct2 = device == "cpu" and not args.no_ctranslate2 and importlib.util.find_spec("ctranslate2") is not None
+    if device == "cpu" and not args.no_ctranslate2 and not with_ct2:
+        log("ctranslate2 is not installed: no CTranslate2 rows (pip install ctranslate2)")
+    ct2_work = tempfile.TemporaryDirectory() if with_ct2 else None
 
     rows: list[dict] = []
     prompt16, prompt512 = prompts(device)
@@ -373,7 +400,20 @@ def main() -> int:
                                                               compile=True, quantize=quantize)
         if use_hf:
             libs["transformers"] = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
-        rows += time_cases(libs, cases, args, dtype_name, device, prompt16, prompt512)
+        ct2_rows: list[dict] = []
+        if ct2_work is not None and dtype == torch.float32:
+            # Rounds: this process's libraries once each, then CTranslate2's process once, --repeats times.
+            mine, theirs = [], []
+            for r in range(args.repeats):
+                log(f"[{dtype_name}] round {r + 1} of {args.repeats} (CTranslate2 in its own process after each)")
+                mine.append(time_cases(libs, cases, args, dtype_name, device, prompt16, prompt512, repeats=1,
+                                       warm_up=r == 0))
+                theirs.append(ctranslate2_rows(model_dir, args, Path(ct2_work.name), repeats=1, first=r == 0))
+            rows += median_rows(mine)
+            if all(theirs):
+                ct2_rows = median_rows(theirs)
+        else:
+            rows += time_cases(libs, cases, args, dtype_name, device, prompt16, prompt512)
         for row in ct2_rows:  # CTranslate2's rows, measured in a process of their own
             mine = next((r for r in rows if (r["case"], r["dtype"]) == (row["case"], row["dtype"])), None)
             if mine is not None:
@@ -408,8 +448,9 @@ def main() -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(dict(machine=machine_line(device), floor_gbps=floor, rows=rows),
                                                   indent=2, default=str))
-    if tmp is not None:
-        tmp.cleanup()
+    for directory in (tmp, ct2_work):
+        if directory is not None:
+            directory.cleanup()
     return 0
 
 
