@@ -233,7 +233,8 @@ class Transformer(nn.Module):
         around the products. A batch-1 step is 49 memory-bound products and ~400 small ops between them; here the
         residual additions are fused into the products (`Conv1D`'s oneDNN kernel), q/k/v are views of one
         [B, 3, H, D], the cache is written by slice, and the attention mask is made once, as the additive float
-        mask SDPA would make from the boolean one in every layer (~5% of a gpt2 step on a 2-core CPU).
+        mask SDPA would make from the boolean one in every layer: 0-5% of a gpt2 step on a 2-core CPU (interleaved
+        runs; a step's time is mostly its products, see docs/performance.md).
         Hooks (interpretability) take `forward`'s path, which fires them."""
         if self.hook_fns:
             return self(tokens[:, None], key_valid, position_ids=positions[:, None], cache=cache,
@@ -244,12 +245,12 @@ class Transformer(nn.Module):
         x = (self.wte(tokens) + self.wpe(positions))[:, None]  # [B, 1, C]
         for i, block in enumerate(self.h):
             attn, mlp = block.attn, block.mlp
-            qkv = attn.c_attn(block.ln_1(x)).view(B, 3, H, C // H)  # [B, 3, H, D]
+            qkv = attn.c_attn(block.ln_1(x)).reshape(B, 3, H, C // H)  # [B, 3, H, D]
             cache.keys[i][:, :, slot] = qkv[:, 1]
             cache.values[i][:, :, slot] = qkv[:, 2]
             y = F.scaled_dot_product_attention(qkv[:, 0, :, None], cache.keys[i], cache.values[i], attn_mask=mask,
                                                scale=attn.scale)  # [B, H, 1, D]
-            x = add_projection(x, attn.c_proj, y.view(B, 1, C))  # x + attention
+            x = add_projection(x, attn.c_proj, y.transpose(1, 2).reshape(B, 1, C))  # x + attention
             x = add_projection(x, mlp.c_proj, F.gelu(mlp.c_fc(block.ln_2(x)), approximate="tanh"))  # x + MLP
         return self.lm_head(self.ln_f(x))[:, -1]  # [B, V]
 
