@@ -67,14 +67,16 @@ def onednn_applies(*tensors: Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu") and onednn_available()
 
 
-def onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x [..., K] @ weight [N, K]^T -> [..., N] through oneDNN's fp32 linear (check `onednn_applies` first).
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [..., K] @ weight [N, K]^T [+ bias [N]] -> [..., N] through oneDNN's fp32 linear (check `onednn_applies`
+    first); the bias is added to the fp32 product inside it, the same bits as adding it after.
 
     Under torch.compile it goes through the opaque `minigpt::matmul_in_out`: inductor lowers oneDNN's linear only
     for weights it has frozen into constants, and fails on a parameter (a compiled training step, the chunked head)."""
     if torch.compiler.is_compiling():
-        return torch.ops.minigpt.matmul_in_out(x, weight.t(), "onednn")
-    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+        y = torch.ops.minigpt.matmul_in_out(x, weight.t(), "onednn")
+        return y if bias is None else y + bias
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def linear_in_out(x: Tensor, w: Tensor, bias: Tensor, kernel: str, residual: Tensor | None = None) -> Tensor:
@@ -86,7 +88,7 @@ def linear_in_out(x: Tensor, w: Tensor, bias: Tensor, kernel: str, residual: Ten
     if kernel == "onednn" and not torch.is_grad_enabled() and not torch.compiler.is_compiling() \
             and onednn_applies(x, w, bias, *(() if residual is None else (residual,))):
         if residual is None:
-            return torch.ops.mkldnn._linear_pointwise(x, w.t(), bias, "none", [], "")
+            return onednn_linear(x, w.t(), bias)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w.t(), bias, "add")
     y = matmul_in_out(x, w, kernel) + bias
     return y if residual is None else residual + y
