@@ -224,9 +224,11 @@ class Transformer(nn.Module):
         return self.lm_head(x)  # [B, T, V]
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor, positions: Tensor, cache: KVCache, slot: int, key_valid: Tensor) -> Tensor:
+    def decode(self, tokens: Tensor, positions: Tensor, cache: KVCache, slot: int | Tensor, key_valid: Tensor
+               ) -> Tensor:
         """Logits [B, V] after one new token per row: tokens [B] at position ids positions [B], written at cache
-        slot `slot`; key_valid bool [B, L]: the slots holding real tokens, this one included.
+        slot `slot` (an int, or a one-element tensor [1] in a compiled step, where the slot is an input, not a
+        constant); key_valid bool [B, L]: the slots holding real tokens, this one included.
 
         gpt-fast's split: the same numbers as `forward(tokens[:, None], key_valid, position_ids=positions[:, None],
         cache=cache, cache_slots=tensor([slot]), last_only=True)[:, -1]`, bit for bit (tested), with less work
@@ -237,8 +239,9 @@ class Transformer(nn.Module):
         runs; a step's time is mostly its products, see docs/performance.md).
         Hooks (interpretability) take `forward`'s path, which fires them."""
         if self.hook_fns:
+            slots = slot if isinstance(slot, Tensor) else torch.tensor([slot], device=tokens.device)
             return self(tokens[:, None], key_valid, position_ids=positions[:, None], cache=cache,
-                        cache_slots=torch.tensor([slot], device=tokens.device), last_only=True)[:, -1]
+                        cache_slots=slots, last_only=True)[:, -1]
         B, C, H = tokens.shape[0], self.config.n_embd, self.config.n_head
         mask = torch.zeros(key_valid.shape, dtype=self.dtype, device=key_valid.device)
         mask = mask.masked_fill_(~key_valid, float("-inf"))[:, None, None, :]  # [B, 1, 1, L]
@@ -246,8 +249,12 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.h):
             attn, mlp = block.attn, block.mlp
             qkv = attn.c_attn(block.ln_1(x)).reshape(B, 3, H, C // H)  # [B, 3, H, D]
-            cache.keys[i][:, :, slot] = qkv[:, 1]
-            cache.values[i][:, :, slot] = qkv[:, 2]
+            if isinstance(slot, Tensor):
+                cache.keys[i].index_copy_(2, slot, qkv[:, 1, :, None])  # [B, H, 1, D] into [B, H, L, D]
+                cache.values[i].index_copy_(2, slot, qkv[:, 2, :, None])
+            else:
+                cache.keys[i][:, :, slot] = qkv[:, 1]
+                cache.values[i][:, :, slot] = qkv[:, 2]
             y = F.scaled_dot_product_attention(qkv[:, 0, :, None], cache.keys[i], cache.values[i], attn_mask=mask,
                                                scale=attn.scale)  # [B, H, 1, D]
             x = add_projection(x, attn.c_proj, y.transpose(1, 2).reshape(B, 1, C))  # x + attention

@@ -63,3 +63,43 @@ def test_threads_claim_the_static_cache_one_at_a_time(tiny_dir):
     assert sorted(got) == [False] * 7 + [True] and decoder.busy
     decoder.give_back()
     assert not decoder.busy and decoder.claim()
+
+
+
+@torch.no_grad()
+def test_compiled_cpu_step_with_onednn_and_one_row_loops_equals_eager(tiny_dir):
+    """On a CPU the compiled step is `Transformer.decode`: oneDNN's fused products at several rows, inductor's own
+    loops at one row (`kernels.rowdot_in_out`). Its logits are within fp32 rounding of the eager step's, step
+    after step, for one row and for a left-padded two-row batch, and greedy decoding gives the same tokens."""
+    import pytest
+
+    from minigpt.inference.decode import decode_step, prefill, release
+    from torch.profiler import profile
+
+    from minigpt.kernels import onednn_available, use_kernel_
+
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    eager, compiled = GPT.from_pretrained(str(tiny_dir)), compile_decode(GPT.from_pretrained(str(tiny_dir)))
+    for model in (eager, compiled):
+        use_kernel_(model, "onednn")
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # row 1 left-padded
+    for rows in (1, 2):
+        states = [prefill(model, ids[:rows], mask[:rows], 9 + 12) for model in (eager, compiled)]
+        assert states[0][1].decoder is None and states[1][1].decoder is not None  # the compiled step runs
+        tokens = states[0][0].argmax(-1)
+        for _ in range(12):
+            want = decode_step(eager, tokens, states[0][1])
+            with profile() as run:
+                got = decode_step(compiled, tokens, states[1][1])
+            ops = {event.name for event in run.events()}
+            # one row: inductor's loops, no product op; two rows: oneDNN's (bias and residual fused; the head)
+            products = {"minigpt::fused_onednn_linear", "minigpt::product"}
+            assert products & ops == (products if rows == 2 else set())
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+            assert torch.equal(got.argmax(-1), want.argmax(-1))
+            tokens = want.argmax(-1)
+        release(states[1][1])
+    assert torch.equal(compiled.generate(ids[:1], 20), eager.generate(ids[:1], 20))
