@@ -19,6 +19,7 @@ gives the same numbers run after run, whatever its load.
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Callable
 
 import torch
@@ -44,7 +45,7 @@ def onednn_available() -> bool:
     return torch._C._has_mkldnn and hasattr(torch.ops.mkldnn, "_linear_pointwise")  # (traceable by torch.compile)
 
 
-def matmul_in_out(x: Tensor, w: Tensor, kernel: str = "in_out") -> Tensor:
+def matmul_in_out(x: Tensor, w: Tensor, kernel: str = "in_out", *, loops: bool = False) -> Tensor:
     """x [..., in] @ w [in, out] -> [..., out], by w's storage and the `kernel` measured fastest for it.
 
     [out, in] storage: `F.linear`, or with "onednn" (float32 CPU) oneDNN's linear. [in, out] storage: `x @ w`,
@@ -52,10 +53,11 @@ def matmul_in_out(x: Tensor, w: Tensor, kernel: str = "in_out") -> Tensor:
     cores of a small CPU busy. All agree up to fp32 rounding. Under torch.compile on a CPU (and for oneDNN when
     a gradient is wanted) the product is one opaque op with a registered backward (`minigpt::matmul_in_out`):
     inductor would otherwise write its own matrix-vector loops, measured 2-3x slower than these kernels, and fuse
-    the LayerNorm before them into the inner loop."""
+    the LayerNorm before them into the inner loop. The exception, `loops` (measured per machine by
+    `choose_one_row_loops_`): a one-row fp32 product in a compiled decode step as inductor's loops."""
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     if x.device.type == "cpu" and torch.compiler.is_compiling() and not wants_grad:  # a compiled decode step
-        if one_row_fp32(x, w):
+        if loops and one_row_fp32(x, w):
             return rowdot_in_out(x, w)
         return torch.ops.minigpt.product(x, w, kernel)  # the cheaper op, no backward
     if x.device.type == "cpu" and (torch.compiler.is_compiling() or (
@@ -73,10 +75,15 @@ def rowdot_in_out(x: Tensor, w: Tensor) -> Tensor:
     """x [..., in] (one row) @ w [in, out] -> [..., out] written as a reduction, for inductor to compile.
 
     Under torch.compile on a CPU, a one-row product becomes inductor's own loop over w's rows, each a vectorised
-    dot product with x: on a 2-core AVX-512 EPYC it reads 20-24 GB/s where oneDNN's matrix-vector product reads
-    18-22 (the 154 MB LM head 6.0 ms instead of 6.9), and the bias and residual additions fuse into it. Only for
-    one row: at five rows inductor's loops read 1.8x slower than oneDNN. The fp32 sums run in another order than
-    oneDNN's (logits agree to ~1e-6; eager oneDNN at one row and at five differ as much)."""
+    dot product with x, the bias and residual additions fused into it. On a 2-core AVX-512 EPYC it reads 20-24
+    GB/s where oneDNN's matrix-vector product reads 18-22 (the 154 MB LM head 6.0 ms instead of 6.9); held to
+    AVX2, the same CPU's compiled step was 1.35x slower than eager. So it is a measured choice per machine and
+    shape (`choose_one_row_loops_`), and only for one row: at five rows inductor's loops read 1.8x slower than
+    oneDNN. The fp32 sums run in another order than oneDNN's (logits agree to ~1e-6; eager oneDNN at one row and
+    at five differ as much)."""
+    # x as a buffer of its own: left to itself inductor recomputes x's producer (a LayerNorm, a tanh GELU) inside
+    # the loop, once per row of w: held to AVX2, a gpt2 step was 42.5 ms instead of 30.7 (AVX-512: 23.9 vs 23.2).
+    x = torch.ops.minigpt.realize(x)
     y = (w.t() * x.reshape(1, -1)).sum(-1)  # [out, in] * [1, in] -> [out]
     return y.reshape(*x.shape[:-1], -1)  # [..., out]
 
@@ -100,21 +107,22 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def linear_in_out(x: Tensor, w: Tensor, bias: Tensor, kernel: str, residual: Tensor | None = None) -> Tensor:
+def linear_in_out(x: Tensor, w: Tensor, bias: Tensor, kernel: str, residual: Tensor | None = None, *,
+                  loops: bool = False) -> Tensor:
     """[residual +] x [..., in] @ w [in, out] + bias [out] -> [..., out]: `matmul_in_out` and the additions.
 
     With "onednn" and no gradient wanted (decoding, scoring, rollouts) the additions are fused into oneDNN's
     product: it adds them to the product's fp32 result as the separate additions would, so the bits are the same
-    (tests/test_kernels.py), with one op instead of three."""
+    (tests/test_kernels.py), with one op instead of three. `loops`: as `matmul_in_out`'s."""
     if kernel == "onednn" and not torch.is_grad_enabled() \
             and onednn_applies(x, w, bias, *(() if residual is None else (residual,))):
-        if torch.compiler.is_compiling() and one_row_fp32(x, w):  # inductor's loop, the additions fused into it
+        if loops and torch.compiler.is_compiling() and one_row_fp32(x, w):  # inductor's loop, the additions fused into it
             y = rowdot_in_out(x, w) + bias
             return y if residual is None else residual + y
         if torch.compiler.is_compiling():  # one opaque op for inductor (it cannot lower oneDNN's on a parameter)
             return torch.ops.minigpt.fused_onednn_linear(x, w.t(), bias, residual)
         return _fused_onednn_linear(x, w.t(), bias, residual)
-    y = matmul_in_out(x, w, kernel) + bias
+    y = matmul_in_out(x, w, kernel, loops=loops) + bias
     return y if residual is None else residual + y
 
 
@@ -125,14 +133,21 @@ def _fused_onednn_linear(x: Tensor, weight: Tensor, bias: Tensor, residual: Tens
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
 
 
-# The products a compiled decode step calls, as opaque ops without a backward: `matmul_in_out` (`product`) and
-# `linear_in_out`'s oneDNN product with its additions inside (`fused_onednn_linear`). Defined with the plain
+# The ops a compiled decode step calls, opaque to inductor and without a backward: `matmul_in_out` (`product`),
+# `linear_in_out`'s oneDNN product with its additions inside (`fused_onednn_linear`) and a copy (`realize`). Defined with the plain
 # operator library, not `custom_op`: a call costs about half as much (18 us instead of 27 on a 2-core EPYC
 # under the profiler; 49 calls a gpt2 step).
 _LIBRARY = torch.library.Library("minigpt", "FRAGMENT")
 _LIBRARY.define("product(Tensor x, Tensor w, str kernel) -> Tensor")
 _LIBRARY.define("fused_onednn_linear(Tensor x, Tensor weight, Tensor bias, Tensor? residual) -> Tensor")
 _LIBRARY.impl("fused_onednn_linear", _fused_onednn_linear, "CPU")
+_LIBRARY.define("realize(Tensor x) -> Tensor")  # a copy inductor cannot fuse into what reads it (rowdot_in_out)
+_LIBRARY.impl("realize", torch.clone, "CPU")
+
+
+@torch.library.register_fake("minigpt::realize", lib=_LIBRARY)
+def _(x: Tensor) -> Tensor:
+    return torch.empty_like(x)
 
 
 @torch.library.register_fake("minigpt::product", lib=_LIBRARY)
@@ -216,11 +231,12 @@ class Conv1D(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_in, n_out))  # [in, out]; its storage may be [out, in] (kernels)
         self.bias = nn.Parameter(torch.zeros(n_out))
         self.kernel = "in_out_split"  # how `weight` is multiplied (`KERNELS`); `choose_layouts_` may measure another
+        self.one_row_loops = False  # a compiled one-row product as inductor's loops (`choose_one_row_loops_`)
         init_normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """x @ weight + bias [..., out], plus `residual` when given (fused where the kernel can)."""
-        return linear_in_out(x, self.weight, self.bias, self.kernel, residual)
+        return linear_in_out(x, self.weight, self.bias, self.kernel, residual, loops=self.one_row_loops)
 
 
 def relayout(w: Tensor, kernel: str) -> Tensor:
@@ -327,6 +343,66 @@ def choose_layouts_(model: nn.Module, *, store: ChoiceStore | None = None, remea
             module.wte.weight = nn.Parameter(relayout(head.data, kernel).t(), requires_grad=module.wte.weight.requires_grad)
             module.head_kernel = kernel
             chosen[f"{name + '.' if name else ''}wte.weight"] = kernel
+    return chosen
+
+
+ONE_ROW_CHOICES = ("loops", "kernel")  # a compiled one-row product: inductor's loops, or the measured kernel's op
+OneRowTimer = Callable[[str, int, int, str, float], float]  # choice, n_in, n_out, kernel, give_up -> seconds
+
+
+def _one_row_product(x: Tensor, w: Tensor, kernel: str, loops: bool) -> Tensor:
+    return matmul_in_out(x, w, kernel, loops=loops)
+
+
+def _time_one_row(choice: str, n_in: int, n_out: int, kernel: str, give_up: float) -> float:
+    """Seconds for a compiled one-row fp32 product by an [n_in, n_out] weight stored for `kernel`: inductor's
+    loops ("loops") or `kernel`'s op ("kernel"), the weights cycled past the caches."""
+    copies = cache_missing_copies(n_in * n_out * 4)
+    mats = [relayout(torch.full((n_in, n_out), 0.01), kernel) for _ in range(copies)]
+    x = torch.full((1, 1, n_in), 0.5)
+    # A code object of its own: these compiles never count against dynamo's recompile limit for another's.
+    product = types.FunctionType(_one_row_product.__code__.replace(), _one_row_product.__globals__)
+    compiled = torch.compile(product, dynamic=False, fullgraph=True)
+    loops = choice == "loops"
+    try:
+        with torch.no_grad():
+            return seconds_per_call([lambda w=w: compiled(x, w, kernel, loops) for w in mats], give_up)
+    except Exception:  # noqa: BLE001 - inductor failing here (no C++ compiler, a bug) means: not this choice
+        return float("inf")
+
+
+def choose_one_row_loops_(model: nn.Module, *, store: ChoiceStore | None = None, remeasure: bool = False,
+                          timer: OneRowTimer = _time_one_row) -> dict[str, bool]:
+    """For a compiled decode step on a CPU: whether each fp32 projection (and the LM head) of `model` multiplies
+    one row faster as inductor's own loops (`rowdot_in_out`) than by its measured kernel. Timed once per machine,
+    shape and kernel (compiling each: seconds), stored like the kernels; sets `one_row_loops` /
+    `head_one_row_loops` in place. Returns {parameter name: loops?}; {} off a CPU or in another dtype."""
+    store = store if store is not None else ChoiceStore()
+    device = next(model.parameters()).device
+    chosen: dict[str, bool] = {}
+    if device.type != "cpu":
+        return chosen
+    machine = machine_id(device)
+
+    def loops(w: Tensor, kernel: str) -> bool:
+        n_in, n_out = w.shape
+        key = f"compiled one-row {kernel} float32 {n_in}x{n_out}"
+
+        def measure() -> str:
+            def timed(choice: str, _n_in: int, _n_out: int, _dtype, _device, give_up: float) -> float:
+                return timer(choice, n_in, n_out, kernel, give_up)
+
+            return _fastest(ONE_ROW_CHOICES, timed, n_in, n_out, torch.float32, device, default="kernel")
+
+        return store.choose(machine, key, measure, valid=ONE_ROW_CHOICES, remeasure=remeasure) == "loops"
+
+    for name, module in model.named_modules():
+        if isinstance(module, Conv1D) and module.weight.dtype == torch.float32:
+            module.one_row_loops = chosen[f"{name}.weight"] = loops(module.weight, module.kernel)
+        elif hasattr(module, "head_kernel") and module.wte.weight.dtype == torch.float32 \
+                and getattr(module, "int8_head", None) is None:
+            module.head_one_row_loops = loops(module.wte.weight.t(), module.head_kernel)
+            chosen[f"{name + '.' if name else ''}wte.weight"] = module.head_one_row_loops
     return chosen
 
 

@@ -154,6 +154,7 @@ class Transformer(nn.Module):
         # One copy of the tied matrix, [V, C] as checkpoints store it: the LM head reads it through its [C, V]
         # view (`lm_head`). `minigpt.kernels` may re-lay it out [C, V] at load when that measured faster.
         self.head_kernel = "in_out_split"  # as Conv1D.kernel, for the LM head
+        self.head_one_row_loops = False  # as Conv1D.one_row_loops, for the LM head
         init_normal_(self.wte.weight, std=0.02)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         init_normal_(self.wpe.weight, std=0.01)
@@ -182,7 +183,7 @@ class Transformer(nn.Module):
         """Logits [B, T, V] from final hidden states [B, T, C]; the output matrix is tied to `wte`."""
         if self.int8_head is not None:
             return self.int8_head(x)
-        return matmul_in_out(x, self.wte.weight.t(), self.head_kernel)  # [C, V], stored either way
+        return matmul_in_out(x, self.wte.weight.t(), self.head_kernel, loops=self.head_one_row_loops)  # [C, V]
 
     def token_logprobs(self, hidden: Tensor, targets: Tensor, *, temperature: float = 1.0,
                        entropy: bool = False) -> tuple[Tensor, Tensor | None]:

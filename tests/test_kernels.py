@@ -216,3 +216,33 @@ def test_a_training_run_s_kernel_is_measured_once_per_machine_and_kept_by_its_re
     assert model.head_kernel == "onednn" and all(m.kernel == "onednn" for m in model.modules() if isinstance(m, Conv1D))
     with pytest.raises(ValueError, match="unknown kernel"):
         use_kernel_(model, "fastest")
+
+
+@torch.no_grad()
+def test_one_row_loops_are_measured_per_machine_stored_and_reused(tiny_dir, tmp_path):
+    """`choose_one_row_loops_` asks the stopwatch once per shape and kernel, stores the answer, sets the flags;
+    a later model reads them back without timing; and the real timer compiles both choices and times them."""
+    from minigpt.kernels import _time_one_row, choose_one_row_loops_
+
+    store, calls = tmp_path / "kernels.json", []
+
+    def timer(choice, n_in, n_out, kernel, give_up):  # loops win on the LM head only
+        calls.append((choice, n_in, n_out, kernel))
+        return 1.0 if (choice == "loops") == (n_out == 1000) else 2.0
+
+    first = GPT.from_pretrained(str(tiny_dir))
+    chosen = choose_one_row_loops_(first, store=ChoiceStore(store), timer=timer)
+    shapes = {(m.weight.shape, m.kernel) for m in first.modules() if isinstance(m, Conv1D)}
+    assert len(calls) == 2 * (len(shapes) + 1)  # both choices, each distinct shape and kernel once, the head
+    assert first.head_one_row_loops and chosen["wte.weight"]
+    assert not any(m.one_row_loops for m in first.modules() if isinstance(m, Conv1D))
+    assert sum(v == "loops" for v in json.loads(store.read_text())["machines"][machine_id(torch.device("cpu"))]
+               .values()) == 1
+
+    later = []
+    second = GPT.from_pretrained(str(tiny_dir))
+    assert choose_one_row_loops_(second, store=ChoiceStore(store), timer=lambda *a: later.append(a) or 1.0) == chosen
+    assert later == [] and second.head_one_row_loops
+
+    for choice in ("loops", "kernel"):  # the real stopwatch: a compiled product, a positive finite time
+        assert 0 < _time_one_row(choice, 64, 192, "onednn" if onednn_available() else "in_out", float("inf")) < 1

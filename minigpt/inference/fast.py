@@ -19,6 +19,7 @@ import threading
 import torch
 from torch import Tensor, nn
 
+from ..kernels import choose_one_row_loops_
 from ..model import KVCache, Transformer
 
 CACHE_BUCKET = 256
@@ -81,10 +82,10 @@ class StaticDecoder(nn.Module):
     def _step(self, tokens: Tensor, slot_valid: Tensor, positions: Tensor, slots: Tensor) -> Tensor:
         """tokens [B, 1] at slots [1] -> logits [B, V] of the next token.
 
-        On a CPU the model's one-token step (`Transformer.decode`), where inductor writes each one-row product
-        as its own loop (`kernels.rowdot_in_out`, reading faster than oneDNN's matrix-vector product) and calls
-        oneDNN (bias and residual fused) at several rows: a gpt2 step 1.3x faster than eager on a 2-core AVX-512
-        EPYC (compiling `forward` gained 2%; docs/performance.md). CUDA graphs keep capturing `forward`, the step
+        On a CPU the model's one-token step (`Transformer.decode`), where inductor writes a one-row product as
+        its own loop where that was measured faster on this machine (`kernels.choose_one_row_loops_`, at
+        `compile_decode`) and calls oneDNN (bias and residual fused) otherwise: a gpt2 step 1.3x faster than
+        eager on a 2-core AVX-512 EPYC (compiling `forward` gained 2%; docs/performance.md). CUDA graphs keep capturing `forward`, the step
         measured on a GPU."""
         if not self.use_graph and tokens.device.type == "cpu":
             return self.model.decode(tokens[:, 0], positions[:, 0], self._cache(), slots, slot_valid)
@@ -119,6 +120,9 @@ class StaticDecoder(nn.Module):
 
 def compile_decode(model: Transformer, mode: str | None = "reduce-overhead") -> Transformer:
     """Make `model.generate` decode through a compiled static-cache step (first call compiles: slow)."""
+    decoder = StaticDecoder(model, mode)
+    if not decoder.use_graph:  # a CPU: which one-row products compile faster as inductor's loops, measured
+        choose_one_row_loops_(model)
     # Set outside nn.Module's registry: the decoder holds the model, not the other way round.
-    object.__setattr__(model, "_static_decoder", StaticDecoder(model, mode))
+    object.__setattr__(model, "_static_decoder", decoder)
     return model
