@@ -107,3 +107,22 @@ def test_compiled_cpu_step_with_onednn_and_one_row_loops_equals_eager(tiny_dir, 
             tokens = want.argmax(-1)
         release(states[1][1])
     assert torch.equal(compiled.generate(ids[:1], 20), eager.generate(ids[:1], 20))
+
+
+@torch.no_grad()
+def test_recompile_limit_falls_back_to_eager_and_is_counted_per_model(tiny_dir):
+    """Past dynamo's recompile limit a new shape decodes eagerly (one warning, the same tokens); another model's
+    decoder has its own count (each compiles its own code object)."""
+    import warnings
+
+    eager = GPT.from_pretrained(str(tiny_dir))
+    first, second = (compile_decode(GPT.from_pretrained(str(tiny_dir))) for _ in range(2))
+    ids = torch.randint(0, 1000, (3, 6), generator=torch.Generator().manual_seed(2))
+    with torch._dynamo.config.patch(recompile_limit=2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback for the first two shapes, nor for the second model
+            for rows in (1, 2):
+                assert torch.equal(first.generate(ids[:rows], 4), eager.generate(ids[:rows], 4))
+            assert torch.equal(second.generate(ids[:1], 4), eager.generate(ids[:1], 4))
+        with pytest.warns(RuntimeWarning, match="recompile limit"):
+            assert torch.equal(first.generate(ids, 4), eager.generate(ids, 4))  # a third shape: eager

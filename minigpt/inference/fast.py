@@ -15,6 +15,8 @@ another thread or a second open stream, runs eagerly with a cache of its own, on
 from __future__ import annotations
 
 import threading
+import types
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -37,14 +39,19 @@ class StaticDecoder(nn.Module):
         self.model = model
         self.use_graph = mode == "reduce-overhead" and model.device.type == "cuda"
         self.shape: tuple[int, int] | None = None
-        # Graphs are captured by hand (below), so inductor itself runs without its own cudagraphs.
-        self.step = torch.compile(self._step, mode=None if self.use_graph else mode, fullgraph=True, dynamic=False)
+        # Graphs are captured by hand (below), so inductor itself runs without its own cudagraphs. The step is a
+        # code object of this decoder's own: dynamo's recompile limit (8 shapes) counts per code object, so
+        # decoders of other models never use up this one's.
+        step = types.FunctionType(StaticDecoder._step.__code__.replace(), StaticDecoder._step.__globals__)
+        self.step = torch.compile(types.MethodType(step, self), mode=None if self.use_graph else mode,
+                                  fullgraph=True, dynamic=False)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_inputs: tuple[Tensor, ...] = ()
         self.static_logits: Tensor | None = None
         # One generation at a time holds the static cache; another running meanwhile (a second stream, another
         # thread) uses an eager cache. Claiming is a non-blocking lock, so two threads never both get it.
         self._holder = threading.Lock()
+        self.warned = False  # the recompile limit's warning, given once
 
     @property
     def busy(self) -> bool:
@@ -95,7 +102,15 @@ class StaticDecoder(nn.Module):
 
     def forward(self, tokens: Tensor, slot_valid: Tensor, positions: Tensor, slots: Tensor) -> Tensor:
         if not self.use_graph:
-            return self.step(tokens, slot_valid, positions, slots)
+            try:
+                return self.step(tokens, slot_valid, positions, slots)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:  # a 9th (batch, cache length) shape: run it eagerly
+                if not self.warned:
+                    warnings.warn("compiled decoding: dynamo's recompile limit reached for this model; new batch "
+                                  "sizes and cache lengths decode eagerly (raise torch._dynamo.config."
+                                  "recompile_limit to compile more)", RuntimeWarning, stacklevel=2)
+                    self.warned = True
+                return self._step(tokens, slot_valid, positions, slots)
         if self.graph is None:
             self._capture(tokens, slot_valid, positions, slots)
         for static, value in zip(self.static_inputs, (tokens, slot_valid, positions, slots)):
