@@ -55,15 +55,28 @@ def matmul_in_out(x: Tensor, w: Tensor, kernel: str = "in_out", *, loops: bool =
     inductor would otherwise write its own matrix-vector loops, measured 2-3x slower than these kernels, and fuse
     the LayerNorm before them into the inner loop. The exception, `loops` (measured per machine by
     `choose_one_row_loops_`): a one-row fp32 product in a compiled decode step as inductor's loops."""
+    if compiled_loops(x, w, loops):
+        return rowdot_in_out(x, w)
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     if x.device.type == "cpu" and torch.compiler.is_compiling() and not wants_grad:  # a compiled decode step
-        if loops and one_row_fp32(x, w):
-            return rowdot_in_out(x, w)
         return torch.ops.minigpt.product(x, w, kernel)  # the cheaper op, no backward
     if x.device.type == "cpu" and (torch.compiler.is_compiling() or (
             kernel == "onednn" and wants_grad and onednn_applies(x, w))):
         return torch.ops.minigpt.matmul_in_out(x, w, kernel)
     return _matmul_in_out(x, w, kernel)
+
+
+def own_code(fn: Callable) -> Callable:
+    """A copy of function `fn` with a code object of its own. Dynamo counts its recompile limit (8 shapes) per
+    code object, so what compiles such a copy never uses up the limit of another compiled copy of `fn`."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__)
+
+
+def compiled_loops(x: Tensor, w: Tensor, loops: bool) -> bool:
+    """Whether this product is written as inductor's loops (`rowdot_in_out`): asked for (`loops`), inside a
+    compiled CPU step that wants no gradient, one fp32 row."""
+    return loops and x.device.type == "cpu" and torch.compiler.is_compiling() and one_row_fp32(x, w) \
+        and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
 
 
 def one_row_fp32(x: Tensor, w: Tensor) -> bool:
@@ -113,12 +126,10 @@ def linear_in_out(x: Tensor, w: Tensor, bias: Tensor, kernel: str, residual: Ten
 
     With "onednn" and no gradient wanted (decoding, scoring, rollouts) the additions are fused into oneDNN's
     product: it adds them to the product's fp32 result as the separate additions would, so the bits are the same
-    (tests/test_kernels.py), with one op instead of three. `loops`: as `matmul_in_out`'s."""
-    if kernel == "onednn" and not torch.is_grad_enabled() \
+    (tests/test_kernels.py), with one op instead of three. `loops`: as `matmul_in_out`'s (inductor fuses the
+    additions into its loops)."""
+    if kernel == "onednn" and not torch.is_grad_enabled() and not compiled_loops(x, w, loops) \
             and onednn_applies(x, w, bias, *(() if residual is None else (residual,))):
-        if loops and torch.compiler.is_compiling() and one_row_fp32(x, w):  # inductor's loop, the additions fused into it
-            y = rowdot_in_out(x, w) + bias
-            return y if residual is None else residual + y
         if torch.compiler.is_compiling():  # one opaque op for inductor (it cannot lower oneDNN's on a parameter)
             return torch.ops.minigpt.fused_onednn_linear(x, w.t(), bias, residual)
         return _fused_onednn_linear(x, w.t(), bias, residual)
@@ -134,9 +145,9 @@ def _fused_onednn_linear(x: Tensor, weight: Tensor, bias: Tensor, residual: Tens
 
 
 # The ops a compiled decode step calls, opaque to inductor and without a backward: `matmul_in_out` (`product`),
-# `linear_in_out`'s oneDNN product with its additions inside (`fused_onednn_linear`) and a copy (`realize`). Defined with the plain
-# operator library, not `custom_op`: a call costs about half as much (18 us instead of 27 on a 2-core EPYC
-# under the profiler; 49 calls a gpt2 step).
+# `linear_in_out`'s oneDNN product with its additions inside (`fused_onednn_linear`) and a copy (`realize`).
+# Defined with the plain operator library, not `custom_op`: a call costs about half as much (18 us instead of
+# 27 on a 2-core EPYC under the profiler; 49 calls a gpt2 step).
 _LIBRARY = torch.library.Library("minigpt", "FRAGMENT")
 _LIBRARY.define("product(Tensor x, Tensor w, str kernel) -> Tensor")
 _LIBRARY.define("fused_onednn_linear(Tensor x, Tensor weight, Tensor bias, Tensor? residual) -> Tensor")
@@ -360,9 +371,7 @@ def _time_one_row(choice: str, n_in: int, n_out: int, kernel: str, give_up: floa
     copies = cache_missing_copies(n_in * n_out * 4)
     mats = [relayout(torch.full((n_in, n_out), 0.01), kernel) for _ in range(copies)]
     x = torch.full((1, 1, n_in), 0.5)
-    # A code object of its own: these compiles never count against dynamo's recompile limit for another's.
-    product = types.FunctionType(_one_row_product.__code__.replace(), _one_row_product.__globals__)
-    compiled = torch.compile(product, dynamic=False, fullgraph=True)
+    compiled = torch.compile(own_code(_one_row_product), dynamic=False, fullgraph=True)  # (recompile limit)
     loops = choice == "loops"
     try:
         with torch.no_grad():

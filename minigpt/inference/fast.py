@@ -21,7 +21,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..kernels import choose_one_row_loops_
+from ..kernels import choose_one_row_loops_, own_code
 from ..model import KVCache, Transformer
 
 CACHE_BUCKET = 256
@@ -39,12 +39,10 @@ class StaticDecoder(nn.Module):
         self.model = model
         self.use_graph = mode == "reduce-overhead" and model.device.type == "cuda"
         self.shape: tuple[int, int] | None = None
-        # Graphs are captured by hand (below), so inductor itself runs without its own cudagraphs. The step is a
-        # code object of this decoder's own: dynamo's recompile limit (8 shapes) counts per code object, so
-        # decoders of other models never use up this one's.
-        step = types.FunctionType(StaticDecoder._step.__code__.replace(), StaticDecoder._step.__globals__)
-        self.step = torch.compile(types.MethodType(step, self), mode=None if self.use_graph else mode,
-                                  fullgraph=True, dynamic=False)
+        # Graphs are captured by hand (below), so inductor itself runs without its own cudagraphs. The step has a
+        # code object of this decoder's own (`own_code`): decoders of other models never use up its recompile limit.
+        self.step = torch.compile(types.MethodType(own_code(StaticDecoder._step), self),
+                                  mode=None if self.use_graph else mode, fullgraph=True, dynamic=False)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_inputs: tuple[Tensor, ...] = ()
         self.static_logits: Tensor | None = None
@@ -92,8 +90,8 @@ class StaticDecoder(nn.Module):
         On a CPU the model's one-token step (`Transformer.decode`), where inductor writes a one-row product as
         its own loop where that was measured faster on this machine (`kernels.choose_one_row_loops_`, at
         `compile_decode`) and calls oneDNN (bias and residual fused) otherwise: a gpt2 step 1.3x faster than
-        eager on a 2-core AVX-512 EPYC (compiling `forward` gained 2%; docs/performance.md). CUDA graphs keep capturing `forward`, the step
-        measured on a GPU."""
+        eager on a 2-core AVX-512 EPYC (compiling `forward` gained 2%; docs/performance.md). CUDA graphs keep
+        capturing `forward`, the step measured on a GPU."""
         if not self.use_graph and tokens.device.type == "cpu":
             return self.model.decode(tokens[:, 0], positions[:, 0], self._cache(), slots, slot_valid)
         logits = self.model(tokens, slot_valid, position_ids=positions, cache=self._cache(), cache_slots=slots,
