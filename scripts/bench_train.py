@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -204,7 +205,6 @@ def ppo_child(shape: str, args: argparse.Namespace) -> None:
     from minigpt.checkpoint import save_pretrained
     from minigpt.config import GPTConfig
     from minigpt.model import Transformer
-    from minigpt.tokenizer import Tokenizer
     from minigpt.train import PPOConfig, train_ppo
     from minigpt.train import ppo as ppo_module
 
@@ -213,7 +213,7 @@ def ppo_child(shape: str, args: argparse.Namespace) -> None:
     work = Path(scratch.name)
     torch.manual_seed(0)
     save_pretrained(Transformer(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)), work / "policy",
-                    tokenizer=Tokenizer.from_pretrained())
+                    tokenizer=ppo_tokenizer())
     words = "the a cat dog sat on mat and ran far away then came back home to eat".split()
     lines = [" ".join(words[(i + j) % len(words)] for j in range(PPO_PROMPT_TOKENS)) for i in range(b)]
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": line}) + "\n" for line in lines))
@@ -303,14 +303,20 @@ def main() -> None:
         child(*args.child, args)
         return
     objectives = args.objectives.split(",")
+    if "ppo" in objectives:
+        ppo_tokenizer()  # before any run: a missing vocabulary fails in a second, not after the LM runs
     rows, dpo_rows, ppo_rows = [], [], []
-    for shape in args.shapes.split(","):
-        if "lm" in objectives:
-            rows.append({library: run_child(library, shape, args) for library in LIBRARIES})
-        if "dpo" in objectives:
-            dpo_rows.append({library: run_child(library, shape, args) for library in DPO_LIBRARIES})
-        if "ppo" in objectives:
-            ppo_rows.append(run_child("minigpt-ppo", shape, args))
+    failure = None
+    try:
+        for shape in args.shapes.split(","):
+            if "lm" in objectives:
+                rows.append({library: run_child(library, shape, args) for library in LIBRARIES})
+            if "dpo" in objectives:
+                dpo_rows.append({library: run_child(library, shape, args) for library in DPO_LIBRARIES})
+            if "ppo" in objectives:
+                ppo_rows.append(run_child("minigpt-ppo", shape, args))
+    except ChildFailed as exc:  # print what finished, then fail
+        failure = str(exc)
     print(machine_line(args.device))
     if rows:
         print_lm_table(rows, args)
@@ -320,6 +326,25 @@ def main() -> None:
         print_ppo_table(ppo_rows, args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"lm": rows, "dpo": dpo_rows, "ppo": ppo_rows}, indent=2) + "\n")
+    if failure:
+        sys.exit(failure)
+
+
+class ChildFailed(Exception):
+    """One (library, shape) run failed; its message is the child's last line of stderr."""
+
+
+def ppo_tokenizer():
+    """GPT-2's tokenizer for the PPO run's prompts: $MINIGPT_TOKENIZER_DIR, else the hub's `gpt2` (or its cache);
+    exits with one line saying what to set when neither has it."""
+    from minigpt.errors import MiniGPTError
+    from minigpt.tokenizer import ENV_VAR, Tokenizer
+
+    try:
+        return Tokenizer.from_pretrained(None if os.environ.get(ENV_VAR) else "gpt2")
+    except MiniGPTError as exc:
+        sys.exit(f"the PPO benchmark needs GPT-2's vocabulary: set ${ENV_VAR} to a directory holding "
+                 f"encoder.json + vocab.bpe (or vocab.json + merges.txt), or run without ppo in --objectives ({exc})")
 
 
 def run_child(library: str, shape: str, args: argparse.Namespace) -> dict:
@@ -329,7 +354,8 @@ def run_child(library: str, shape: str, args: argparse.Namespace) -> dict:
     print(f"{shape}: {library} ...", file=sys.stderr, flush=True)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"{library} {shape} failed: {done.stderr.strip().splitlines()[-1]}")
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise ChildFailed(f"{library} {shape} failed: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
