@@ -117,12 +117,13 @@ def prefill(model: Transformer, input_ids: Tensor, attention_mask: Tensor, max_l
             allow_static: bool = True) -> tuple[Tensor, DecodeState]:
     """Run the whole prompt [B, T] once into a fresh cache of max_len slots; return last logits [B, V].
 
-    On the compiled path the generation takes the model's static cache (unless `allow_static` is False: beam
-    search re-indexes its cache); a second generation running at the same time (a stream still open) gets an
-    eager cache of its own instead, so the two never share slots."""
+    On the compiled path the generation takes the model's static cache where the compiled step serves B rows
+    (`StaticDecoder.serves`) and `allow_static` (False: the caller re-indexes the cache, as beam search and
+    `expand_rows` do); a second generation running at the same time (a stream still open) gets an eager cache of
+    its own instead, so the two never share slots."""
     B, T = input_ids.shape
     decoder = getattr(model, "_static_decoder", None) if allow_static else None
-    if decoder is not None and decoder.claim():  # a lock: two threads never both take the static cache
+    if decoder is not None and decoder.serves(B) and decoder.claim():  # a lock: two threads never both take it
         try:
             cache = decoder.cache_for(B, max_len)
         except BaseException:

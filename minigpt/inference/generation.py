@@ -57,13 +57,15 @@ def stream(
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     cache_len = input_ids.shape[1] + max_new_tokens - 1  # the last new token is never fed back
 
-    if getattr(model, "_static_decoder", None) is not None and num_return_sequences > 1:
+    decoder = getattr(model, "_static_decoder", None)
+    rows = input_ids.shape[0] * num_return_sequences
+    if decoder is not None and num_return_sequences > 1 and decoder.serves(rows):
         # the static cache cannot be re-indexed in place: prefill every sample's copy of its prompt
         input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
         logits, state = prefill(model, input_ids, attention_mask, cache_len)
-    else:
-        logits, state = prefill(model, input_ids, attention_mask, cache_len)
+    else:  # one prefill per prompt, its cache then repeated per sample (an eager cache when repeated)
+        logits, state = prefill(model, input_ids, attention_mask, cache_len, allow_static=num_return_sequences == 1)
         logits = expand_rows(state, logits, num_return_sequences)
         input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
