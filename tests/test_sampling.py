@@ -161,3 +161,30 @@ def test_min_new_tokens_bans_eos_until_reached():
     params = SamplingParams(min_new_tokens=3)
     assert torch.isinf(process_logits(logits, params, None, new_tokens=2, eos_token_id=4)[:, 4]).all()
     assert torch.isfinite(process_logits(logits, params, None, new_tokens=3, eos_token_id=4)).all()
+
+
+def test_draw_among_the_kept_tokens_has_multinomials_distribution():
+    """After filtering, `draw` samples among each row's kept tokens only: the empirical frequencies of 40,000
+    draws per row match the probabilities (6 standard errors), and a zero-probability token is never drawn."""
+    from minigpt.inference.sampling import draw
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1000, generator=gen) * 2
+    logits = top_k_filter(logits, 40)  # rows keep 40 tokens: the narrow path
+    probs = torch.softmax(logits, -1)
+    n = 40_000
+    tokens = draw(probs.repeat_interleave(n, 0), gen).view(3, n)  # [3, n]
+    counts = torch.zeros(3, 1000).scatter_add_(1, tokens, torch.ones(3, n))
+    assert bool((counts[probs == 0] == 0).all()), "a filtered-out token was drawn"
+    stderr = (probs * (1 - probs) / n).sqrt()
+    assert bool(((counts / n - probs).abs() <= 6 * stderr + 1e-9).all())
+
+
+def test_draw_over_a_wide_distribution_is_torch_multinomial():
+    """Unfiltered (a row keeps more than 1/16 of the vocabulary): exactly `torch.multinomial`'s draw."""
+    from minigpt.inference.sampling import draw
+
+    probs = torch.softmax(torch.randn(4, 1000, generator=torch.Generator().manual_seed(1)), -1)
+    got = draw(probs, torch.Generator().manual_seed(5))
+    want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(5))[:, 0]
+    assert torch.equal(got, want)
