@@ -132,9 +132,10 @@ def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: fl
     1 and 4.5 ms of a gpt2 step (2-core EPYC); written out, its softmax sums in another order (fp32 rounding)."""
     if not (torch.compiler.is_compiling() and q.device.type == "cpu"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    scores = (q * k).sum(-1, keepdim=True) * scale + mask.transpose(-1, -2)  # [B, H, L, 1]
+    # in fp32 whatever the model's dtype, as SDPA's CPU kernel accumulates (the casts fuse into the loops)
+    scores = (q.float() * k.float()).sum(-1, keepdim=True) * scale + mask.transpose(-1, -2).float()  # [B, H, L, 1]
     weights = scores.softmax(dim=-2)  # [B, H, L, 1]
-    return (weights * v).sum(-2, keepdim=True)  # [B, H, 1, D]
+    return (weights * v.float()).sum(-2, keepdim=True).to(q.dtype)  # [B, H, 1, D]
 
 
 def attention_mask_to_positions(attention_mask: Tensor) -> Tensor:

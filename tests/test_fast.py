@@ -136,3 +136,23 @@ def test_recompile_limit_falls_back_to_eager_and_is_counted_per_model(tmp_path):
             assert torch.equal(second.generate(ids, 4), eager.generate(ids, 4))
         with pytest.warns(RuntimeWarning, match="recompile limit"):
             assert torch.equal(first.generate(ids, 560), eager.generate(ids, 560))  # a third shape: eager
+
+
+@torch.no_grad()
+def test_compiled_cpu_step_in_bfloat16_follows_eager(tiny_dir):
+    """A bf16 model's compiled one-row step (its attention written out, accumulated in fp32 as SDPA's kernel
+    does): logits within a few bf16 steps of eager's, step after step, and the same greedy tokens."""
+    from minigpt.inference.decode import decode_step, prefill, release
+
+    eager, compiled = (GPT.from_pretrained(str(tiny_dir), dtype=torch.bfloat16) for _ in range(2))
+    compile_decode(compiled)
+    ids = torch.randint(0, 1000, (1, 9), generator=torch.Generator().manual_seed(5))
+    states = [prefill(model, ids, torch.ones_like(ids), 9 + 16) for model in (eager, compiled)]
+    assert states[1][1].decoder is not None
+    tokens = states[0][0].argmax(-1)
+    for _ in range(16):
+        want, got = (decode_step(model, tokens, state) for model, (_, state) in zip((eager, compiled), states))
+        torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0.1)  # bf16's step at |logit| ~4: 1/64
+        tokens = want.argmax(-1)
+    release(states[1][1])
+    assert torch.equal(compiled.generate(ids, 16), eager.generate(ids, 16))
