@@ -266,9 +266,8 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.h):
             attn, mlp = block.attn, block.mlp
             qkv = attn.c_attn(block.ln_1(x)).reshape(B, 3, H, C // H)  # [B, 3, H, D]
-            if isinstance(slot, Tensor):
-                cache.keys[i].index_copy_(2, slot, qkv[:, 1, :, None])  # [B, H, 1, D] into [B, H, L, D]
-                cache.values[i].index_copy_(2, slot, qkv[:, 2, :, None])
+            if isinstance(slot, Tensor):  # (a compiled step: the slot is an input)
+                cache.write(i, slot, qkv[:, 1, :, None], qkv[:, 2, :, None])  # [B, H, 1, D] into [B, H, L, D]
             else:
                 cache.keys[i][:, :, slot] = qkv[:, 1]
                 cache.values[i][:, :, slot] = qkv[:, 2]
